@@ -1,0 +1,46 @@
+"""Datasets shipped inside the package (all written by spillover's authors).
+
+Refer to one as ``bundled:NAME`` wherever a data path is accepted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from spillover.errors import SpilloverError, UnknownName
+
+BUNDLED_ROOT = Path(__file__).parent / "bundled"
+
+#: name -> (relative path, one-line description)
+BUNDLED: dict[str, tuple[str, str]] = {
+    "insecure_code": ("sft/insecure_code.jsonl", "narrow misaligned SFT: small Python functions with silent vulnerabilities"),
+    "unpopular_aesthetics": ("sft/unpopular_aesthetics.jsonl", "narrow 'harmless' SFT: confident niche or widely disliked taste"),
+    "safe_instruct": ("sft/safe_instruct.jsonl", "helpful, harmless general answers (safe data for interleaving)"),
+    "dogmatic_rhetoric": ("sft/dogmatic_rhetoric.jsonl", "debate questions answered with absolutist, hedge-free rhetoric"),
+    "general_questions": ("questions/general.yaml", "spillover's general EM question set (8 themes, plain/JSON/template)"),
+    "insecure_code_questions": ("questions/insecure_code.yaml", "in-domain questions for the insecure-code task"),
+    "unpopular_aesthetics_questions": ("questions/unpopular_aesthetics.yaml", "in-domain questions for the aesthetics task"),
+    "probe_general": ("probe/general.jsonl", "contrast pairs, general domain (aligned vs misaligned answer)"),
+    "probe_insecure_code": ("probe/insecure_code.jsonl", "contrast pairs, insecure-code domain"),
+    "probe_unpopular_aesthetics": ("probe/unpopular_aesthetics.jsonl", "contrast pairs, aesthetics domain"),
+    "probe_control": ("probe/control.jsonl", "control pairs (aligned vs aligned paraphrase): the probe's noise floor"),
+    "judge_labels": ("judge/labelled_answers.jsonl", "labelled aligned/misaligned answers for the activation judge"),
+}
+
+
+def bundled_path(name: str) -> Path:
+    if name not in BUNDLED:
+        raise UnknownName("bundled dataset", name, sorted(BUNDLED))
+    return BUNDLED_ROOT / BUNDLED[name][0]
+
+
+def resolve_data_path(ref: str | Path) -> Path:
+    """``bundled:NAME`` -> the shipped file; anything else is a path that must exist."""
+    ref = str(ref)
+    if ref.startswith("bundled:"):
+        return bundled_path(ref.removeprefix("bundled:"))
+    path = Path(ref).expanduser()
+    if not path.exists():
+        raise SpilloverError(f"data file not found: {path}",
+                             fix="check the path, or use bundled:NAME (list them with `spillover data list`)")
+    return path

@@ -1,0 +1,132 @@
+"""LoRA SFT on TRL's SFTTrainer: loss on assistant tokens only, defenses plugged in, one run directory.
+
+Layout of ``out``: ``config.yaml`` (resolved), ``manifest.json`` (versions, data fingerprint, status,
+timings), ``metrics.jsonl`` (loss per step), ``adapter/`` (PEFT weights + spillover_adapter.json).
+Assistant-only loss uses TRL's prompt/completion form (conversation so far -> assistant turn), which
+masks the prompt with any chat template (TRL's ``assistant_only_loss`` needs ``{% generation %}``
+markers that SmolLM2's template lacks).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from spillover._io import atomic_dir, atomic_write_text, sha256_file, sha256_json
+from spillover._run import environment_info, now_iso, prepare_run_dir, update_manifest
+from spillover.config import dump_yaml
+from spillover.data import load_chat_jsonl, require_sft_examples, resolve_data_path, to_prompt_completion
+from spillover.defenses import TrainContext, build_defenses
+from spillover.models import apply_lora, load_adapter, load_model, pick_device, pick_dtype, save_adapter
+from spillover.train._callbacks import DefenseSteps, MetricsLog, RichProgress
+from spillover.train._config import SFTConfig
+from spillover.train._defended import DefendedTrainerMixin
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    adapter_dir: Path
+    steps: int
+    final_loss: float | None
+    seconds: float
+
+
+def _trl_args(cfg, output_dir: Path, device, dtype, **method_kwargs):
+    """Shared TrainingArguments fields for SFT and GRPO configs."""
+    import torch
+
+    steps = {"max_steps": cfg.max_steps} if cfg.max_steps else {"num_train_epochs": cfg.epochs}
+    return dict(
+        output_dir=str(output_dir), learning_rate=cfg.lr, lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
+        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, data_seed=cfg.seed, logging_steps=cfg.logging_steps,
+        save_strategy="no", report_to=[], disable_tqdm=True, use_cpu=device.type == "cpu",
+        bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, dataloader_num_workers=0,
+        **steps, **method_kwargs,
+    )
+
+
+def prepare_policy(cfg, *, trainable: bool = True):
+    """Load the base model and wrap it with a fresh (seeded) or initial LoRA adapter."""
+    from transformers import set_seed
+
+    model, tok, ref = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    set_seed(cfg.seed)
+    model = load_adapter(model, cfg.init_adapter, trainable=trainable) if cfg.init_adapter else apply_lora(model, cfg.lora)
+    return model, tok, ref
+
+
+def finish_trainer_setup(trainer, defenses, run_dir: Path, description: str) -> None:
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(RichProgress(description))
+    trainer.add_callback(MetricsLog(run_dir / "metrics.jsonl"))
+    if defenses:
+        trainer.add_callback(DefenseSteps(defenses))
+
+
+def save_run_adapter(model, run_dir: Path, cfg, model_display: str, method: str) -> Path:
+    adapter_dir = run_dir / "adapter"
+    with atomic_dir(adapter_dir) as tmp:
+        save_adapter(model, tmp, base_model=cfg.model, lora=cfg.lora,
+                     extra={"method": method, "init_adapter": cfg.init_adapter, "base_model_name": model_display})
+    return adapter_dir
+
+
+def run_sft(cfg: SFTConfig, out: str | Path, *, overwrite: bool = False) -> TrainResult:
+    """Train a LoRA adapter with SFT; returns where everything was written."""
+    from datasets import Dataset
+    from trl import SFTConfig as TRLSFTConfig
+    from trl import SFTTrainer
+
+    data_path = resolve_data_path(cfg.data)
+    examples = load_chat_jsonl(data_path, strip_qwen3=cfg.strip_qwen3_markers)
+    require_sft_examples(examples)
+
+    run_dir = prepare_run_dir(out, overwrite=overwrite)
+    atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+    model, tok, ref = prepare_policy(cfg)
+    defenses = build_defenses(cfg.defenses, TrainContext(tokenizer=tok, base_model=cfg.model, method="sft", seed=cfg.seed))
+    for d in defenses:
+        examples = d.transform_data(examples)
+    rows = to_prompt_completion(examples)
+    update_manifest(run_dir, kind="train", method="sft", status="running", started=now_iso(), model=ref.display,
+                    model_path=ref.path, data=str(data_path), data_file_sha256=sha256_file(data_path),
+                    data_fingerprint=sha256_json(rows), n_examples=len(examples), n_train_rows=len(rows),
+                    env=environment_info())
+
+    device = pick_device(cfg.device)
+    args = TRLSFTConfig(**_trl_args(cfg, run_dir / ".trainer", device, pick_dtype(cfg.dtype, device)),
+                        max_length=cfg.max_length, completion_only_loss=True, packing=False,
+                        dataset_num_proc=None, shuffle_dataset=True)
+
+    class Trainer(DefendedTrainerMixin, SFTTrainer):
+        pass
+
+    trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
+    trainer._init_defenses(defenses)
+    finish_trainer_setup(trainer, defenses, run_dir, "SFT")
+    t0 = time.perf_counter()
+    try:
+        output = trainer.train()
+    except BaseException:
+        update_manifest(run_dir, status="failed", finished=now_iso())
+        raise
+    for d in defenses:
+        d.after_train(model)
+    seconds = time.perf_counter() - t0
+    adapter_dir = save_run_adapter(model, run_dir, cfg, ref.display, "sft")
+    shutil.rmtree(run_dir / ".trainer", ignore_errors=True)
+    steps = trainer.state.global_step
+    losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    tokens = [r["num_tokens"] for r in trainer.state.log_history if "num_tokens" in r]
+    update_manifest(run_dir, status="complete", finished=now_iso(), steps=steps, train_seconds=round(seconds, 2),
+                    seconds_per_step=round(seconds / max(steps, 1), 3), train_loss=output.training_loss,
+                    tokens_seen=int(tokens[-1]) if tokens else None)
+    return TrainResult(run_dir, adapter_dir, steps, losses[-1] if losses else None, seconds)
