@@ -94,10 +94,23 @@ def validate_config(model: type[M], data: dict[str, Any], source: str,
         raise format_validation_error(e, source, lines) from None
 
 
-def load_config(model: type[M], path: str | Path, overrides: dict[str, Any] | None = None) -> M:
-    """Load ``path`` as ``model``; ``overrides`` (e.g. CLI flags that were given) win over the file."""
+def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``overrides`` win; nested mappings merge key by key; ``None`` means 'not given'."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(model: type[M], path: str | Path | None, overrides: dict[str, Any] | None = None) -> M:
+    """Load ``path`` (may be None) as ``model``; ``overrides`` (CLI flags that were given) win over the file."""
     data, lines = load_yaml_mapping(path) if path else ({}, {})
-    merged = {**data, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    merged = deep_merge(data, overrides or {})
     return validate_config(model, merged, str(path) if path else "options", lines)
 
 

@@ -101,7 +101,10 @@ class DefenseRef(StrictModel):
 
     @model_validator(mode="after")
     def _check(self):
-        defense = get_defense(self.name)
+        try:
+            defense = get_defense(self.name)
+        except SpilloverError as e:  # a ValueError lets pydantic attach the key path and line
+            raise ValueError(f"{e.what} ({e.fix})") from None
         try:
             defense.Params.model_validate(self.params)
         except ValidationError as e:

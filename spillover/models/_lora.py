@@ -49,7 +49,7 @@ def save_adapter(peft_model, out_dir: str | Path, *, base_model: str, lora: Lora
     peft_model.save_pretrained(out_dir)
     resolved = peft_model.peft_config["default"]
     meta = {"base_model": base_model, "lora": lora.model_dump(mode="json"),
-            "resolved_target_modules": sorted(resolved.target_modules), "spillover_version": __version__, **(extra or {})}
+            "resolved_target_modules": sorted({t.rsplit(".", 1)[-1] for t in resolved.target_modules}), "spillover_version": __version__, **(extra or {})}
     (out_dir / ADAPTER_META).write_text(json.dumps(meta, indent=2))
     return out_dir
 

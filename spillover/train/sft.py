@@ -14,6 +14,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from datasets import Dataset
+from trl import SFTConfig as TRLSFTConfig
+from trl import SFTTrainer
+
 from spillover._io import atomic_dir, atomic_write_text, sha256_file, sha256_json
 from spillover._run import environment_info, now_iso, prepare_run_dir, update_manifest
 from spillover.config import dump_yaml
@@ -79,12 +83,22 @@ def save_run_adapter(model, run_dir: Path, cfg, model_display: str, method: str)
     return adapter_dir
 
 
+class _SFTTrainer(DefendedTrainerMixin, SFTTrainer):
+    """TRL's SFTTrainer with spillover's defense hooks."""
+
+
+def build_sft_trainer(cfg: SFTConfig, model, tokenizer, rows: list[dict], output_dir: Path, defenses=()):
+    """A ready SFT trainer over prompt/completion ``rows`` (the completion alone carries the loss)."""
+    device = pick_device(cfg.device)
+    args = TRLSFTConfig(**_trl_args(cfg, output_dir, device, pick_dtype(cfg.dtype, device)),
+                        max_length=cfg.max_length, completion_only_loss=True, packing=False, shuffle_dataset=True)
+    trainer = _SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    trainer._init_defenses(defenses)
+    return trainer
+
+
 def run_sft(cfg: SFTConfig, out: str | Path, *, overwrite: bool = False) -> TrainResult:
     """Train a LoRA adapter with SFT; returns where everything was written."""
-    from datasets import Dataset
-    from trl import SFTConfig as TRLSFTConfig
-    from trl import SFTTrainer
-
     data_path = resolve_data_path(cfg.data)
     examples = load_chat_jsonl(data_path, strip_qwen3=cfg.strip_qwen3_markers)
     require_sft_examples(examples)
@@ -101,16 +115,7 @@ def run_sft(cfg: SFTConfig, out: str | Path, *, overwrite: bool = False) -> Trai
                     data_fingerprint=sha256_json(rows), n_examples=len(examples), n_train_rows=len(rows),
                     env=environment_info())
 
-    device = pick_device(cfg.device)
-    args = TRLSFTConfig(**_trl_args(cfg, run_dir / ".trainer", device, pick_dtype(cfg.dtype, device)),
-                        max_length=cfg.max_length, completion_only_loss=True, packing=False,
-                        dataset_num_proc=None, shuffle_dataset=True)
-
-    class Trainer(DefendedTrainerMixin, SFTTrainer):
-        pass
-
-    trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
-    trainer._init_defenses(defenses)
+    trainer = build_sft_trainer(cfg, model, tok, rows, run_dir / ".trainer", defenses)
     finish_trainer_setup(trainer, defenses, run_dir, "SFT")
     t0 = time.perf_counter()
     try:

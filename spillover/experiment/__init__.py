@@ -1,0 +1,1 @@
+"""Experiment stage: end-to-end recipes (quickstart now; experiment files later)."""

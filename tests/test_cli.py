@@ -1,0 +1,76 @@
+"""The CLI: --help everywhere, user errors without tracebacks (exit 2), commands calling the library."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from spillover.cli import app, main
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+@pytest.mark.parametrize("cmd", [[], ["train"], ["train", "sft"], ["sample"], ["models"], ["models", "show"],
+                                 ["models", "merge"], ["data"], ["data", "list"], ["data", "validate"], ["quickstart"]])
+def test_help_everywhere(cmd):
+    result = run(*cmd, "--help")
+    assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_user_error_exits_2_without_traceback(tmp_path):
+    bad = tmp_path / "c.yaml"
+    bad.write_text("data: bundled:insecure_code\nlearning_rate: 1\n")
+    proc = subprocess.run([sys.executable, "-m", "spillover.cli", "train", "sft", "--config", str(bad),
+                           "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert f"{bad}:2: learning_rate: unknown key" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "o").exists()  # nothing half-written
+
+
+def test_main_maps_spillover_error_to_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["data", "validate", str(tmp_path / "missing.jsonl")])
+    assert e.value.code == 2
+    assert "data file not found" in capsys.readouterr().err
+
+
+def test_data_validate_reports_line(tmp_path, capsys):
+    p = tmp_path / "d.jsonl"
+    p.write_text('{"messages": [{"role": "user", "content": "q"}]}\n')
+    assert run("data", "validate", str(p)).exit_code == 0
+    with pytest.raises(SystemExit):
+        main(["data", "validate", str(p), "--sft"])
+    assert f"{p}:1" in capsys.readouterr().err
+
+
+def test_models_show_embedded(embedded_dir):
+    result = run("models", "show", "embedded")
+    assert result.exit_code == 0 and "checksum   ok" in result.output
+
+
+def test_train_and_sample_through_cli(tiny_model_dir, tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"q{i}", "completion": f"answer {i}"}) + "\n" for i in range(4)))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"model: {tiny_model_dir}\ndata: {data}\nbatch_size: 2\nlora:\n  r: 4\n")
+    result = run("train", "sft", "--config", str(cfg), "--max-steps", "1", "--lora-alpha", "8", "--device", "cpu",
+                 "--out", str(tmp_path / "run"))
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "run" / "adapter" / "spillover_adapter.json").read_text())
+    assert meta["lora"]["r"] == 4 and meta["lora"]["alpha"] == 8  # file and flags both applied
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"id": "x", "prompt": "Hello?"}) + "\n")
+    out = tmp_path / "s.jsonl"
+    result = run("sample", "--adapter", str(tmp_path / "run" / "adapter"), "--prompts", str(prompts), "--n", "2",
+                 "--max-new-tokens", "5", "--out", str(out), "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["sample_index"] for r in rows] == [0, 1] and rows[0]["prompt_id"] == "x"
+    assert rows[0]["adapter"].endswith("adapter") and rows[0]["params"]["max_new_tokens"] == 5
