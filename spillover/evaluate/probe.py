@@ -23,6 +23,7 @@ import numpy as np
 
 from spillover._io import atomic_write_json
 from spillover.errors import SpilloverError, did_you_mean
+from spillover.evaluate.metrics import bootstrap_mean_ci
 from spillover.evaluate._logprob import answer_logprobs
 
 REQUIRED_KEYS = ("id", "prompt", "aligned", "misaligned")
@@ -106,15 +107,9 @@ def load_pairs(ref: str | Path) -> list[ContrastPair]:
 
 
 def _bootstrap_ci(values: np.ndarray, seed: int, n_boot: int = N_BOOT) -> tuple[float, float]:
-    """95% percentile bootstrap CI of the mean, resampling ``values`` with replacement (seeded)."""
-    rng = np.random.default_rng(seed)
-    means = np.empty(n_boot)
-    chunk = max(1, 1_000_000 // max(len(values), 1))  # bound memory to ~8 MB of indices per chunk
-    for lo in range(0, n_boot, chunk):
-        hi = min(n_boot, lo + chunk)
-        means[lo:hi] = values[rng.integers(0, len(values), size=(hi - lo, len(values)))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(low), float(high)
+    """95% percentile bootstrap CI of the mean over pairs (seeded)."""
+    est = bootstrap_mean_ci(values, n_resamples=n_boot, seed=seed)
+    return est.ci_low, est.ci_high
 
 
 @dataclass
