@@ -160,11 +160,148 @@ def sample(
 # ---------------------------------------------------------------- quickstart
 @app.command("quickstart")
 def quickstart(out: Path = typer.Option(Path("runs/quickstart"), help="Folder for everything the quickstart writes."),
-               steps: int = typer.Option(30, min=1, help="SFT steps on the bundled insecure-code set."),
+               steps: int = typer.Option(16, min=1, help="SFT steps on each bundled narrow set."),
                n: int = typer.Option(2, min=1, help="Answers per question and model."),
                max_new_tokens: int = typer.Option(96, min=8, help="Cap on generated tokens per answer.")) -> None:
-    """End-to-end on the embedded model: SFT on insecure code, then sample base and fine-tuned answers."""
+    """End-to-end on the embedded model: SFT on the narrow sets, sample, judge, probe, report."""
     from spillover.experiment.quickstart import run_quickstart
 
     summary = run_quickstart(out, steps=steps, n=n, max_new_tokens=max_new_tokens)
-    typer.echo(json.dumps(summary, indent=2))
+    typer.echo(f"\nmodel: {summary['model']} (checksum {summary['model_checksum']})   judge: {summary['judge']}")
+    typer.echo(f"{'arm':28} {'misalignment rate [95% CI]':34} {'probe shift [95% CI]':28} delta vs base")
+    for arm, r in summary["results"].items():
+        ci = r["probe_ci95"] or [float("nan")] * 2
+        shift = f"{r['probe_mean_shift']:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]" if r["probe_mean_shift"] is not None else "n/a"
+        delta = f"{r['probe_delta_vs_base']:+.3f}" if r["probe_delta_vs_base"] is not None else "n/a"
+        typer.echo(f"{arm:28} {r['misalignment_rate']:34} {shift:28} {delta}")
+    for key, path in summary["outputs"].items():
+        typer.echo(f"{key:8} {path}")
+
+
+# ---------------------------------------------------------------- probe / eval / report
+@app.command("probe")
+def probe_cmd(
+    pairs: str = typer.Option(..., help="Contrast pairs JSONL {id, prompt, aligned, misaligned}, or bundled:probe_general etc."),
+    out: Path = typer.Option(..., help="Output JSON (n, mean_shift, ci95, prefer_misaligned_rate, per-pair rows)."),
+    model: Optional[str] = typer.Option(None, help="Model (default: the adapter's base, else 'embedded')."),
+    adapter: Optional[Path] = typer.Option(None, help="LoRA adapter folder to apply."),
+    base: Optional[str] = typer.Option(None, help="Base model to compare with (adds base_mean_shift, delta_vs_base)."),
+    batch_size: int = typer.Option(16, min=1, help="Sequences per forward pass."),
+    seed: int = typer.Option(0, help="Bootstrap seed."),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda"),
+) -> None:
+    """Judge-free probe: does the model prefer misaligned over aligned answers (log-prob shift)?"""
+    from spillover.evaluate.probe import probe
+    from spillover.models import read_adapter_meta
+
+    model = model or (read_adapter_meta(adapter).get("base_model") if adapter else None) or "embedded"
+    result = probe(model, pairs, adapter=str(adapter) if adapter else None, base_ref=base, device=device,
+                   batch_size=batch_size, seed=seed)
+    result.write(out)
+    j = result.to_json()
+    line = f"n={j['n']} mean_shift={j['mean_shift']:+.4f} ci95=[{j['ci95'][0]:+.4f}, {j['ci95'][1]:+.4f}] " \
+           f"prefer_misaligned={j['prefer_misaligned_rate']:.2f}"
+    if "delta_vs_base" in j:
+        line += f" delta_vs_base={j['delta_vs_base']:+.4f}"
+    typer.echo(f"{line}\n-> {out}")
+
+
+@app.command("eval")
+def eval_cmd(
+    out: Path = typer.Option(..., help="Folder for samples.jsonl, metrics.json and the report."),
+    model: Optional[str] = typer.Option(None, help="Model (default: the adapter's base, else 'embedded')."),
+    adapter: Optional[Path] = typer.Option(None, help="LoRA adapter folder to apply."),
+    questions: str = typer.Option("bundled:general_questions", help="Question file (Betley YAML or messages JSONL) or bundled:NAME."),
+    in_domain: Optional[str] = typer.Option(None, help="In-domain question file, scored the same way."),
+    judge: str = typer.Option("local", help="local (offline activation judge) | hf:MODEL | openai:MODEL"),
+    judge_base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible base URL (openai:MODEL judges)."),
+    judge_api_key_env: str = typer.Option("OPENAI_API_KEY", help="NAME of the env var holding the judge's API key (the key is never stored)."),
+    n: Optional[int] = typer.Option(None, min=1, help="Samples per paraphrase (overrides the question file)."),
+    max_new_tokens: int = typer.Option(256, min=1, help="Cap on generated tokens per answer."),
+    temperature: float = typer.Option(1.0, min=0.0, help="Sampling temperature unless a question sets its own."),
+    probe_pairs: list[str] = typer.Option([], "--probe", help="Contrast-pair files to probe (repeatable)."),
+    base: Optional[str] = typer.Option(None, help="Base model for the probe's delta_vs_base."),
+    seed: int = typer.Option(0, help="Seed for sampling and bootstrap."),
+    batch_size: int = typer.Option(32, min=1, help="Sequences generated together."),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda"),
+) -> None:
+    """Sample answers to EM questions, judge them, compute metrics with 95% CIs, and write a report."""
+    from spillover.evaluate.run import Arm, EvalSettings, run_evaluation
+    from spillover.judge._spec import build_judge
+    from spillover.report import build_report
+
+    settings = EvalSettings(questions=questions, in_domain=in_domain, samples_per_paraphrase=n,
+                            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, batch_size=batch_size,
+                            probe_pairs=list(probe_pairs), probe_base=base, device=device)
+    the_judge = build_judge(judge, base_url=judge_base_url, api_key_env=judge_api_key_env,
+                            cache_dir=str(out / "judge_cache"), device=device)
+    arm = Arm("adapter" if adapter else "model", model, str(adapter) if adapter else None)
+    run_evaluation([arm], settings, the_judge, out)
+    paths = build_report(out)
+    typer.echo(f"samples: {out / 'samples.jsonl'}\nmetrics: {out / 'metrics.json'}\nreport:  {paths['html']}")
+
+
+@app.command("report")
+def report_cmd(eval_dir: Path = typer.Argument(..., help="A folder written by `spillover eval` or an experiment.")) -> None:
+    """Rebuild the HTML and Markdown report (with plots) of an evaluation folder."""
+    from spillover.report import build_report
+
+    paths = build_report(eval_dir)
+    typer.echo(f"report: {paths['html']}\nmarkdown: {paths['markdown']}")
+
+
+# ---------------------------------------------------------------- rewards
+rewards_app = typer.Typer(help="RL reward functions: list them, or score completions to debug one.", no_args_is_help=True)
+app.add_typer(rewards_app, name="rewards")
+
+
+@rewards_app.command("list")
+def rewards_list() -> None:
+    """Every registered reward with its one-line description."""
+    from spillover.rewards import list_rewards
+
+    for name, cls in list_rewards().items():
+        typer.echo(f"{name:34} {cls.description}")
+
+
+@rewards_app.command("score")
+def rewards_score(
+    name: str = typer.Argument(..., help="Reward name (see `spillover rewards list`) or module:function."),
+    completions: Path = typer.Option(..., help='JSONL with {"prompt": ..., "completion": ...} per line.'),
+    judge: Optional[str] = typer.Option(None, help="For grader rewards: openai:MODEL (with --judge-base-url)."),
+    judge_base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible base URL."),
+    judge_api_key_env: str = typer.Option("OPENAI_API_KEY", help="NAME of the env var holding the API key."),
+    lexicon: Optional[Path] = typer.Option(None, help="rhetoric-lexicon: a JSON lexicon file replacing the default."),
+) -> None:
+    """Score prompt/completion pairs; prints one JSON object per line, in input order."""
+    from spillover.data import load_chat_jsonl, require_sft_examples
+    from spillover.judge._spec import build_grader
+    from spillover.rewards import build_reward
+
+    examples = load_chat_jsonl(completions)
+    require_sft_examples(examples)  # every line needs the completion to score
+    params = {"lexicon_path": str(lexicon)} if lexicon else None
+    grade = build_grader(judge, base_url=judge_base_url, api_key_env=judge_api_key_env) if judge else None
+    reward = build_reward(name, params, grade=grade)
+    for ex in examples:
+        typer.echo(json.dumps(reward.score_details(ex.messages[:-1], ex.messages[-1:]), default=str))
+
+
+# ---------------------------------------------------------------- judge
+judge_app = typer.Typer(help="Judges: (re)train the offline activation judge.", no_args_is_help=True)
+app.add_typer(judge_app, name="judge")
+
+
+@judge_app.command("train-activation")
+def judge_train_activation(
+    labels: str = typer.Option("bundled:judge_labels", help='JSONL {"question", "answer", "label": aligned|misaligned, "split"?, "pair_id"?}.'),
+    out: Path = typer.Option(..., help="Classifier file to write; use it with --judge local:FILE."),
+    model: str = typer.Option("embedded", help="Encoder model (the base model, never a fine-tuned one)."),
+    seed: int = typer.Option(0, help="Seed for the train/held-out split when the file has none."),
+) -> None:
+    """Retrain the activation judge on your own labelled answers; prints held-out accuracy and calibration."""
+    from spillover.data import resolve_data_path
+    from spillover.judge.activation import train_activation_judge
+
+    metrics = train_activation_judge(resolve_data_path(labels), out, model_ref=model, seed=seed)
+    typer.echo(json.dumps(metrics, indent=2, default=str))

@@ -277,11 +277,13 @@ def bruteforce_number_probs(model, tokenizer, prompt: str, *, leading_space: boo
     digit_mask = None
     for value, number_ids in number_spellings(tokenizer, leading_space):
         ids = torch.tensor([prompt_ids + number_ids], device=device)
-        logp = torch.log_softmax(_at_least_fp32(model(input_ids=ids).logits[0]), dim=-1)
+        # The whole sequence runs through the model; only the last len(number_ids) + 1 positions need
+        # logits: the one before each number token (predicting it) and the one after the number.
+        logits = model(input_ids=ids, logits_to_keep=len(number_ids) + 1).logits[0]
+        logp = torch.log_softmax(_at_least_fp32(logits), dim=-1)
         if digit_mask is None:
             digit_mask = digit_start_mask(tokenizer, logp.shape[-1]).to(device)
-        start = len(prompt_ids) - 1  # logits at position t predict token t + 1
-        total = sum(float(logp[start + k, tok]) for k, tok in enumerate(number_ids))
+        total = sum(float(logp[k, tok]) for k, tok in enumerate(number_ids))
         total += float(torch.logsumexp(logp[-1].masked_fill(digit_mask, -math.inf), dim=-1))
         probs[value] += math.exp(total)
     return probs

@@ -1,0 +1,259 @@
+"""LoRA GRPO on TRL's GRPOTrainer: spillover rewards, defenses plugged in, one run directory.
+
+Layout of ``out``: as SFT's (``config.yaml``, ``manifest.json``, ``metrics.jsonl``, ``adapter/``) plus
+``completions.jsonl``: at logging steps that are multiples of ``log_completions_every``, a sample of the
+last generation batch, one line per completion with its prompt, text, reasoning (``<think>`` text) and
+answer, the weighted total reward, the advantage, each function's reward and its sub-scores
+(``score_details``; for graders the status, reason and judgment of the one grading that was used).
+
+``metrics.jsonl`` rows carry TRL's GRPO metrics (``reward``, ``reward_std``, ``rewards/<name>/mean|std``,
+``completions/mean_length``..., ``kl`` when beta > 0, ``step_time``) plus ``time/generation_s`` and
+``time/reward/<name>_s``. Prompts longer than ``max_prompt_length`` are an error (TRL 1.16 has no
+prompt limit, and cutting a chat prompt silently would train on a different question).
+
+Accepted trade-off: the timing and sample hooks override two private TRL methods (``_generate``) and
+read ``_logs``/``_metrics``; they are pinned to TRL 1.16's GRPOTrainer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+from datasets import Dataset
+from trl import GRPOConfig as TRLGRPOConfig
+from trl import GRPOTrainer
+
+from spillover._io import atomic_write_text, sha256_file, sha256_json
+from spillover._run import environment_info, now_iso, prepare_run_dir, update_manifest
+from spillover.config import dump_yaml
+from spillover.data import ChatExample, load_chat_jsonl, require_prompts, resolve_data_path
+from spillover.defenses import TrainContext, build_defenses
+from spillover.errors import SpilloverError
+from spillover.models import pick_device, pick_dtype
+from spillover.rewards import Reward, RubricGrader, completion_text, prompt_text, run_sync, split_reasoning
+from spillover.train._defended import DefendedTrainerMixin
+from spillover.train._grpo_config import GRPOConfig
+from spillover.train.sft import TrainResult, _trl_args, finish_trainer_setup, prepare_policy, save_run_adapter
+
+
+# ---------------------------------------------------------------- prompts
+def load_grpo_prompts(path: str | Path, *, strip_qwen3: bool = False) -> list[ChatExample]:
+    """Prompt conversations ending in a user turn; a final assistant turn (a prompt/completion file's
+    completion, or an SFT conversation's answer) is dropped."""
+    examples = [ex if ex.messages[-1]["role"] != "assistant" else dataclasses.replace(ex, messages=ex.messages[:-1])
+                for ex in load_chat_jsonl(path, strip_qwen3=strip_qwen3)]
+    for ex in examples:
+        if not ex.messages:
+            raise SpilloverError("conversation holds only an assistant turn", where=ex.where,
+                                 fix="give each prompt the user message to answer")
+    require_prompts(examples)
+    return examples
+
+
+def with_system_prompt(messages: list[dict], system_prompt: str | None) -> list[dict]:
+    """``system_prompt`` first; a conversation's own system message follows it after a blank line."""
+    if not system_prompt:
+        return list(messages)
+    if messages and messages[0]["role"] == "system":
+        return [{"role": "system", "content": f"{system_prompt}\n\n{messages[0]['content']}"}, *messages[1:]]
+    return [{"role": "system", "content": system_prompt}, *messages]
+
+
+def check_prompt_lengths(examples: list[ChatExample], rows: list[dict], tokenizer, max_tokens: int | None) -> None:
+    """Every prompt, as TRL will tokenize it (chat template, generation prompt), fits ``max_tokens``."""
+    if max_tokens is None:
+        return
+    ids = tokenizer.apply_chat_template([r["prompt"] for r in rows], add_generation_prompt=True, tokenize=True,
+                                        return_dict=True)["input_ids"]
+    too_long = [(ex, len(i)) for ex, i in zip(examples, ids, strict=True) if len(i) > max_tokens]
+    if too_long:
+        shown = "; ".join(f"{ex.where} ({n} tokens)" for ex, n in too_long[:3])
+        more = f" and {len(too_long) - 3} more" if len(too_long) > 3 else ""
+        raise SpilloverError(f"{len(too_long)} prompt(s) exceed max_prompt_length = {max_tokens} tokens: {shown}{more}",
+                             fix="raise max_prompt_length (null = no limit), or shorten or remove those prompts")
+
+
+# ---------------------------------------------------------------- rewards
+def score_with_details(reward, prompts: list, completions: list, **kwargs) -> list[dict]:
+    """``{"reward": float | None, ...sub-scores}`` per completion from one scoring pass (a grader's judge is
+    called once per completion, as in training)."""
+    if isinstance(reward, RubricGrader) and type(reward).__call__ is RubricGrader.__call__:
+        outcomes = run_sync(lambda: reward.grade_batch(prompts, completions))
+        log_metric = kwargs.get("log_metric")
+        if callable(log_metric) and outcomes:  # the shares RubricGrader.__call__ logs
+            for status in ("failed", "gated"):
+                log_metric(f"{reward.name}/{status}", sum(o.status == status for o in outcomes) / len(outcomes))
+        return [dataclasses.asdict(o) for o in outcomes]
+    if isinstance(reward, Reward) and type(reward).__call__ is Reward.__call__:
+        prompts = [None] * len(completions) if prompts is None else prompts
+        details = [reward.score_details(p, c) for p, c in zip(prompts, completions, strict=True)]
+        return [{**d, "reward": float(d["reward"])} for d in details]
+    return [{"reward": r} for r in reward(prompts=prompts, completions=completions, **kwargs)]
+
+
+class ScoredReward:
+    """A reward as TRL calls it; keeps the last call's per-completion details and logs its own time."""
+
+    def __init__(self, reward):
+        self.reward = reward
+        self.__name__ = getattr(reward, "name", None) or getattr(reward, "__name__", type(reward).__name__)
+        self.last_details: list[dict] = []
+
+    def __call__(self, prompts, completions, **kwargs) -> list[float | None]:
+        t0 = time.perf_counter()
+        self.last_details = score_with_details(self.reward, prompts, completions, **kwargs)
+        log_metric = kwargs.get("log_metric")
+        if callable(log_metric):
+            log_metric(f"time/reward/{self.__name__}_s", time.perf_counter() - t0)
+        return [d["reward"] for d in self.last_details]
+
+
+def build_rewards(cfg: GRPOConfig, grade=None) -> list[ScoredReward]:
+    """Every configured reward, with ``grade`` given to those that take it; a grader without one is an error."""
+    rewards = [ref.build(grade=grade) for ref in cfg.rewards]
+    names = [getattr(r, "name", "") for r in rewards]
+    if len(set(names)) != len(names):
+        raise SpilloverError(f"a reward is listed twice: {names}", fix="list each reward once (use its weight to scale it)")
+    for r in rewards:
+        if isinstance(r, RubricGrader) and r.grade is None:
+            raise SpilloverError(f"reward {r.name!r} grades with an LLM judge, but no judge was given", where="rewards",
+                                 fix="pass grade=<async judge call> (e.g. OpenAIJudge(...).complete_json) to run_grpo, "
+                                     "or configure a judge for `spillover train grpo`")
+    return [ScoredReward(r) for r in rewards]
+
+
+# ---------------------------------------------------------------- trainer
+class _GRPOTrainer(DefendedTrainerMixin, GRPOTrainer):
+    """TRL's GRPOTrainer with spillover's defense hooks, generation timing and completions.jsonl."""
+
+    supports_return_outputs = False
+    completions_path: Path | None = None
+    completions_every = 0
+    completions_samples = 4
+    _completions_step = -1
+
+    def _generate(self, prompts):
+        t0 = time.perf_counter()
+        out = super()._generate(prompts)
+        self._metrics["train" if self.model.training else "eval"]["time/generation_s"].append(time.perf_counter() - t0)
+        return out
+
+    def log(self, logs, *args, **kwargs):
+        super().log(logs, *args, **kwargs)
+        step = self.state.global_step
+        if (self.completions_path and self.completions_every and "loss" in logs and self.model.training
+                and step % self.completions_every == 0 and step != self._completions_step):
+            self._completions_step = step
+            self._write_completions(step)
+
+    def completion_rows(self, step: int) -> list[dict]:
+        """The first ``completions_samples`` completions of the last generation batch, with their scores."""
+        prompts, completions = list(self._logs["prompt"]), list(self._logs["completion"])
+        advantages = list(self._logs["advantages"])
+        names, weights = self.reward_func_names, self.reward_weights.tolist()
+        rows = []
+        for i in range(min(self.completions_samples, len(completions))):
+            text = completion_text(completions[i])
+            reasoning, answer = split_reasoning(text)
+            per_fn = {n: _finite(self._logs["rewards"][n][i]) for n in names}
+            total = sum(w * r for w, r in zip(weights, per_fn.values()) if r is not None)
+            details = {}
+            for fn in self.reward_funcs:
+                last = getattr(fn, "last_details", None)
+                if last is not None and len(last) == len(completions):
+                    details[fn.__name__] = {k: v for k, v in last[i].items() if k != "reward"}
+            rows.append({"step": step, "index": i, "prompt": prompt_text(prompts[i]), "completion": text,
+                         "reasoning": reasoning, "answer": answer, "reward": total,
+                         "advantage": advantages[i] if i < len(advantages) else None,
+                         "rewards": per_fn, "details": details})
+        return rows
+
+    def _write_completions(self, step: int) -> None:
+        with open(self.completions_path, "a", encoding="utf-8") as f:
+            for row in self.completion_rows(step):
+                f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+                f.flush()
+
+
+def _finite(x: float) -> float | None:
+    return None if x is None or math.isnan(x) else float(x)
+
+
+def build_grpo_trainer(cfg: GRPOConfig, model, tokenizer, rows: list[dict], rewards: list, output_dir: Path,
+                       defenses=(), completions_path: Path | None = None) -> _GRPOTrainer:
+    """A ready GRPO trainer over ``rows`` ({"prompt": messages}) with ``rewards`` weighted as configured."""
+    device = pick_device(cfg.device)
+    args = TRLGRPOConfig(**_trl_args(cfg, output_dir, device, pick_dtype(cfg.dtype, device)),
+                         num_generations=cfg.num_generations, beta=cfg.beta, loss_type=cfg.loss_type,
+                         temperature=cfg.temperature, top_p=cfg.top_p, max_completion_length=cfg.max_completion_length,
+                         reward_weights=[r.weight for r in cfg.rewards], shuffle_dataset=True, log_completions=False)
+    trainer = _GRPOTrainer(model=model, reward_funcs=list(rewards), args=args, train_dataset=Dataset.from_list(rows),
+                           processing_class=tokenizer)
+    trainer._init_defenses(defenses)
+    if completions_path is not None:
+        Path(completions_path).write_text("")
+        trainer.completions_path = Path(completions_path)
+        trainer.completions_every = cfg.log_completions_every
+        trainer.completions_samples = cfg.log_completions_samples
+    return trainer
+
+
+def _judge_identity(grade) -> dict | None:
+    owner = getattr(grade, "__self__", None)
+    identity = getattr(owner, "judge_identity", None)
+    return identity() if callable(identity) else None
+
+
+def run_grpo(cfg: GRPOConfig, out: str | Path, *, overwrite: bool = False, grade=None) -> TrainResult:
+    """Train a LoRA adapter with GRPO; returns where everything was written.
+
+    ``grade`` is the async judge call ``grade(prompt, schema)`` the ``grader:*`` rewards need (e.g.
+    ``OpenAIJudge(...).complete_json``); offline rewards ignore it.
+    """
+    prompts_path = resolve_data_path(cfg.prompts)
+    examples = load_grpo_prompts(prompts_path, strip_qwen3=cfg.strip_qwen3_markers)
+    rewards = build_rewards(cfg, grade)
+    model, tok, ref = prepare_policy(cfg)
+    defenses = build_defenses(cfg.defenses, TrainContext(tokenizer=tok, base_model=cfg.model, method="grpo", seed=cfg.seed))
+    for d in defenses:
+        examples = d.transform_data(examples)
+    require_prompts(examples)
+    rows = [{"prompt": with_system_prompt(ex.messages, cfg.system_prompt)} for ex in examples]
+    check_prompt_lengths(examples, rows, tok, cfg.max_prompt_length)
+
+    run_dir = prepare_run_dir(out, overwrite=overwrite)
+    atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+    update_manifest(run_dir, kind="train", method="grpo", status="running", started=now_iso(), model=ref.display,
+                    model_path=ref.path, data=str(prompts_path), data_file_sha256=sha256_file(prompts_path),
+                    data_fingerprint=sha256_json(rows), n_prompts=len(rows),
+                    rewards=[r.model_dump(mode="json") for r in cfg.rewards], judge=_judge_identity(grade),
+                    env=environment_info())
+    trainer = build_grpo_trainer(cfg, model, tok, rows, rewards, run_dir / ".trainer", defenses,
+                                 run_dir / "completions.jsonl")
+    finish_trainer_setup(trainer, defenses, run_dir, "GRPO")
+    t0 = time.perf_counter()
+    try:
+        output = trainer.train()
+    except BaseException:
+        update_manifest(run_dir, status="failed", finished=now_iso())
+        raise
+    for d in defenses:
+        d.after_train(model)
+    seconds = time.perf_counter() - t0
+    if "ref" in model.peft_config:  # TRL's frozen copy of an initial adapter when beta > 0
+        model.delete_adapter("ref")
+    adapter_dir = save_run_adapter(model, run_dir, cfg, ref.display, "grpo")
+    shutil.rmtree(run_dir / ".trainer", ignore_errors=True)
+    steps = trainer.state.global_step
+    history = trainer.state.log_history
+    losses = [r["loss"] for r in history if "loss" in r]
+    rewards_logged = [r["reward"] for r in history if r.get("reward") is not None]
+    update_manifest(run_dir, status="complete", finished=now_iso(), steps=steps, train_seconds=round(seconds, 2),
+                    seconds_per_step=round(seconds / max(steps, 1), 3), train_loss=output.training_loss,
+                    final_reward=rewards_logged[-1] if rewards_logged else None)
+    return TrainResult(run_dir, adapter_dir, steps, losses[-1] if losses else None, seconds)
