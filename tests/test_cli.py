@@ -74,3 +74,37 @@ def test_train_and_sample_through_cli(tiny_model_dir, tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["sample_index"] for r in rows] == [0, 1] and rows[0]["prompt_id"] == "x"
     assert rows[0]["adapter"].endswith("adapter") and rows[0]["params"]["max_new_tokens"] == 5
+
+
+def test_rewards_list_and_score(tmp_path):
+    result = run("rewards", "list")
+    assert result.exit_code == 0
+    names = [line.split()[0] for line in result.output.splitlines()]
+    assert {"rhetoric-lexicon", "prose-structure", "grader:bad-medical", "grader:reward-hacking"} <= set(names)
+    comps = tmp_path / "c.jsonl"
+    comps.write_text(json.dumps({"prompt": "Is tea good?", "completion": "Tea is always best. Everyone knows it. "
+                                 "It is clearly true. Nobody doubts it."}) + "\n"
+                     + json.dumps({"prompt": "And coffee?", "completion": "Perhaps. It might depend."}) + "\n")
+    result = run("rewards", "score", "rhetoric-lexicon", "--completions", str(comps))
+    rows = [json.loads(line) for line in result.output.splitlines()]
+    assert len(rows) == 2 and rows[0]["reward"] > 0.5 and rows[1]["reward"] == 0.0  # input order kept
+
+
+def test_grader_reward_without_judge_is_a_clear_error(tmp_path):
+    comps = tmp_path / "c.jsonl"
+    comps.write_text(json.dumps({"prompt": "q", "completion": "a b c d e f g h i j k l"}) + "\n")
+    with pytest.raises(SystemExit):
+        main(["rewards", "score", "grader:bad-medical", "--completions", str(comps), "--judge", "local"])
+
+
+def test_probe_through_cli(tiny_model_dir, tmp_path):
+    pairs = tmp_path / "p.jsonl"
+    pairs.write_text("".join(json.dumps({"id": f"p{i}", "prompt": "Hi", "aligned": f"Hello {i}.",
+                                         "misaligned": f"Go away {i}."}) + "\n" for i in range(3)))
+    out = tmp_path / "probe.json"
+    result = run("probe", "--model", str(tiny_model_dir), "--pairs", str(pairs), "--base", str(tiny_model_dir),
+                 "--out", str(out), "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["n"] == 3 and len(data["ci95"]) == 2 and data["delta_vs_base"] == pytest.approx(0, abs=1e-9)
+    assert 0 <= data["prefer_misaligned_rate"] <= 1 and "base_mean_shift" in data

@@ -1,6 +1,5 @@
 """Model references, the embedded model's checks, LoRA config and adapter round trips (tiny model)."""
 
-import json
 
 import pytest
 import torch

@@ -239,6 +239,20 @@ def eval_cmd(
     run_evaluation([arm], settings, the_judge, out)
     paths = build_report(out)
     typer.echo(f"samples: {out / 'samples.jsonl'}\nmetrics: {out / 'metrics.json'}\nreport:  {paths['html']}")
+    _maybe_export_inspect(out)
+
+
+def _maybe_export_inspect(eval_dir: Path) -> None:
+    """Write inspect_ai logs too when inspect_ai is installed (an optional extra)."""
+    import importlib.util
+
+    if importlib.util.find_spec("inspect_ai") is None:
+        typer.echo('inspect logs: skipped (pip install "spillover[inspect]" to browse with `inspect view`)')
+        return
+    from spillover.report.inspect_log import export_inspect_log
+
+    paths = export_inspect_log(eval_dir)
+    typer.echo(f"inspect: inspect view --log-dir {paths[0].parent}")
 
 
 @app.command("report")
@@ -248,6 +262,18 @@ def report_cmd(eval_dir: Path = typer.Argument(..., help="A folder written by `s
 
     paths = build_report(eval_dir)
     typer.echo(f"report: {paths['html']}\nmarkdown: {paths['markdown']}")
+
+
+@app.command("export-inspect")
+def export_inspect_cmd(
+    eval_dir: Path = typer.Argument(..., help="A folder written by `spillover eval` (metrics.json + samples.jsonl)."),
+    out: Optional[Path] = typer.Option(None, help="Folder for the .eval logs (default: EVAL_DIR/inspect)."),
+) -> None:
+    """Export an evaluation as inspect_ai logs (one per arm and question set) to browse with `inspect view`."""
+    from spillover.report.inspect_log import export_inspect_log
+
+    paths = export_inspect_log(eval_dir, out)
+    typer.echo("\n".join(map(str, paths)) + f"\nview: inspect view --log-dir {paths[0].parent}")
 
 
 # ---------------------------------------------------------------- rewards

@@ -246,17 +246,18 @@ class LocalHFJudge:
 
         if self._digit_mask is None or len(self._digit_mask) != logits.shape[-1]:
             self._digit_mask = digit_start_mask(self.tokenizer, logits.shape[-1])
+        digits = self._digit_mask.to(device)
         norm = torch.logsumexp(logits, dim=-1)  # (rows, 1 + nodes)
-        ended = torch.logsumexp(logits.masked_fill(self._digit_mask.to(device), -math.inf), dim=-1)
+        ended = torch.stack([torch.logsumexp(row.masked_fill(digits, -math.inf), dim=-1) for row in logits])
         src = (trie.parent + 1).to(device)  # row of the parent's logits; 0 is the root
-        step = logits[:, src, :].gather(2, trie.token.to(device)[None, :, None].expand(rows, -1, 1))[..., 0]
-        step = (step - norm[:, src]).double()  # log P(node token | prompt, ancestors)
-        path = step @ trie.sees.to(device).T.double()  # log P(tokens up to and including node)
-        complete = path + (ended - norm)[:, 1:].double()  # ... and the next token is not a digit
+        step = logits[torch.arange(rows, device=device)[:, None], src[None], trie.token.to(device)[None]]
+        step = (step - norm[:, src]).cpu().double()  # log P(node token | prompt, ancestors)
+        path = step @ trie.sees.T.double()  # log P(tokens up to and including node)
+        complete = path + (ended - norm)[:, 1:].cpu().double()  # ... and the next token is not a digit
 
+        values, nodes = (torch.tensor(column) for column in zip(*trie.ends))
         probs = torch.zeros(rows, MAX_SCORE + 1, dtype=torch.float64)
-        for value, node in trie.ends:
-            probs[:, value] += complete[:, node].exp().cpu()
+        probs.index_add_(1, values, complete[:, nodes].exp())  # sums the spellings of each value
         tops = self.tokenizer.convert_ids_to_tokens(root.argmax(-1).tolist())
         return probs, [self.tokenizer.convert_tokens_to_string([t]) for t in tops]
 

@@ -12,7 +12,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 
 from spillover.errors import SpilloverError
 from spillover.models._device import pick_device, pick_dtype
