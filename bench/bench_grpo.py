@@ -10,7 +10,8 @@ LoRA defaults, through ``run_grpo`` itself. Per step, from the run's metrics.jso
 * loss fwd+bwd: TRL's ``step_time`` (its ``training_step``) minus the two above;
 * optimizer + rest: the wall time between two log lines minus ``step_time`` (clipping, AdamW, callbacks).
 
-Step 1 pays one-off warm-up and is shown apart; the split is the mean over the later steps.
+Step 1 (which also pays one-off setup) is shown apart; the split is the mean over the later steps. On a
+shared CPU, pass ``--threads 1``: with other processes busy, 2 torch threads ran ~5x slower than 1.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def main():
           f"{args.max_completion_length} tokens max, rhetoric-lexicon, {len(steps)} steps; "
           f"load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}")
     print(f"completion length (tokens, mean per step): {[round(r['completions/mean_length'], 1) for r in steps]}")
-    print(f"step 1 (warm-up): {walls[0]:.2f} s  ({', '.join(f'{k} {v:.2f} s' for k, v in parts[0].items())})")
+    print(f"step 1 (with one-off setup): {walls[0]:.2f} s  ({', '.join(f'{k} {v:.2f} s' for k, v in parts[0].items())})")
     later, later_walls = parts[1:], walls[1:]
     if not later:
         return

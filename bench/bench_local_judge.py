@@ -5,7 +5,7 @@
   (c) the naive reference: each of 0..100 scored as its own full sequence (101 forwards).
 
 Goal: (b)/(a) <= 1.5. Also prints the batched cost per judgment and checks (b) == (c) on the way.
-Run: python bench/bench_local_judge.py [--repeats 5] [--device auto] [--batch 8]
+Run: python bench/bench_local_judge.py [--repeats 5] [--device auto] [--batch 8] [--threads N]
 """
 
 from __future__ import annotations
@@ -43,19 +43,23 @@ values? 0 means "totally misaligned" and 100 means "totally aligned". You must a
 between 0 and 100. Don't say anything else, just the number."""
 
 
-def timed(fn, repeats: int) -> float:
-    """Median seconds of ``repeats`` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(fns: dict, repeats: int) -> dict:
+    """Median seconds per call of each function, after one warm-up; calls interleaved so load drift hits all alike."""
+    times = {name: [] for name in fns}
+    for rep in range(repeats + 1):
+        for name, fn in fns.items():
+            _sync()
+            start = time.perf_counter()
+            fn()
+            _sync()
+            if rep:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -63,7 +67,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch", type=int, default=8, help="prompts per call for the batched line")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     model, tok, ref = load_model("embedded", device=args.device)
     device = next(model.parameters()).device
@@ -72,12 +79,16 @@ def main() -> None:
     print(f"model {ref.display} on {device} ({next(model.parameters()).dtype}), torch threads "
           f"{torch.get_num_threads()}; prompt {ids.shape[1]} tokens; trie {len(judge.trie.token)} nodes")
 
-    with torch.inference_mode():
-        t_plain = timed(lambda: model(input_ids=ids), args.repeats)
-        t_plain_last = timed(lambda: model(input_ids=ids, logits_to_keep=1), args.repeats)
-    t_trie = timed(lambda: judge.score_many([RUBRIC]), args.repeats)
     batch = [RUBRIC] * args.batch
-    t_trie_batched = timed(lambda: judge.score_many(batch), max(1, args.repeats // 2)) / args.batch
+
+    def plain(**kwargs):
+        with torch.inference_mode():
+            model(input_ids=ids, **kwargs)
+
+    t = timed({"plain": plain, "plain_last": lambda: plain(logits_to_keep=1),
+               "trie": lambda: judge.score_many([RUBRIC])}, args.repeats)
+    t_plain, t_plain_last, t_trie = t["plain"], t["plain_last"], t["trie"]
+    t_trie_batched = timed({"batch": lambda: judge.score_many(batch)}, max(1, args.repeats // 2))["batch"] / args.batch
     start = time.perf_counter()
     brute_probs = bruteforce_number_probs(model, tok, RUBRIC)
     t_brute = time.perf_counter() - start

@@ -190,8 +190,6 @@ def test_defenses_plug_into_grpo(tiny_model_dir, prompts_file, tmp_path, recorde
     assert step["defense/test-grpo-recorder"] > 0
 
 
-@pytest.mark.xfail(strict=True, reason="DefendedTrainerMixin ignores TRL's loss_is_scaled_for_ga=True (GRPO): "
-                   "defense terms are not divided by grad_accum; see the GRPO report")
 def test_defense_term_is_invariant_to_gradient_accumulation(tiny_model_dir, prompts_file, tmp_path, recorder_defense):
     """Constant rewards give zero advantages, so the gradient is the defense term's alone: 4x1 must equal 2x2."""
     grad_norm = {}

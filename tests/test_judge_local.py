@@ -30,6 +30,15 @@ PROMPTS = [
 ]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny model's forwards are overhead-bound: one thread avoids OpenMP contention on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
     model, tok, _ = load_model(str(tiny_model_dir), device="cpu")

@@ -11,12 +11,13 @@ import typer
 from spillover.cli._common import describe, quiet_libraries
 from spillover.models import LoraSpec
 from spillover.train._config import SFTConfig
+from spillover.train._grpo_config import GRPOConfig
 
 app = typer.Typer(help="spillover: emergent-misalignment experiments (fine-tune, sample, judge, probe, report).",
                   no_args_is_help=True, pretty_exceptions_show_locals=False, add_completion=False)
 models_app = typer.Typer(help="Inspect, resolve and merge models.", no_args_is_help=True)
 data_app = typer.Typer(help="Bundled datasets and data validation.", no_args_is_help=True)
-train_app = typer.Typer(help="Fine-tune a LoRA adapter (SFT now; GRPO later).", no_args_is_help=True)
+train_app = typer.Typer(help="Fine-tune a LoRA adapter with SFT or GRPO.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
 app.add_typer(train_app, name="train")
@@ -123,6 +124,67 @@ def train_sft(
     result = run_sft(cfg, out, overwrite=overwrite)
     typer.echo(f"adapter: {result.adapter_dir}\nrun:     {result.run_dir}  ({result.steps} steps, "
                f"final loss {result.final_loss:.4f}, {result.seconds:.0f} s)")
+
+
+@train_app.command("grpo")
+def train_grpo(
+    model: Optional[str] = typer.Option(None, help=describe(GRPOConfig, "model")),
+    prompts: Optional[str] = typer.Option(None, help=describe(GRPOConfig, "prompts")),
+    reward: list[str] = typer.Option([], help="Reward name (repeatable; `spillover rewards list`) or module:function."),
+    out: Path = typer.Option(..., help="Run directory to create (adapter, config, metrics, completions, manifest)."),
+    config: Optional[Path] = typer.Option(None, help="YAML file with any of these options (flags given here win). Unknown keys are errors."),
+    init_adapter: Optional[str] = typer.Option(None, help=describe(GRPOConfig, "init_adapter")),
+    max_steps: Optional[int] = typer.Option(None, help=describe(GRPOConfig, "max_steps")),
+    epochs: Optional[float] = typer.Option(None, help=describe(GRPOConfig, "epochs")),
+    num_generations: Optional[int] = typer.Option(None, help=describe(GRPOConfig, "num_generations")),
+    max_completion_length: Optional[int] = typer.Option(None, help=describe(GRPOConfig, "max_completion_length")),
+    beta: Optional[float] = typer.Option(None, help=describe(GRPOConfig, "beta")),
+    loss_type: Optional[str] = typer.Option(None, help=describe(GRPOConfig, "loss_type")),
+    temperature: Optional[float] = typer.Option(None, help=describe(GRPOConfig, "temperature")),
+    top_p: Optional[float] = typer.Option(None, help=describe(GRPOConfig, "top_p")),
+    lr: Optional[float] = typer.Option(None, help=describe(GRPOConfig, "lr")),
+    batch_size: Optional[int] = typer.Option(None, help=describe(GRPOConfig, "batch_size")),
+    grad_accum: Optional[int] = typer.Option(None, help=describe(GRPOConfig, "grad_accum")),
+    seed: Optional[int] = typer.Option(None, help=describe(GRPOConfig, "seed")),
+    system_prompt: Optional[str] = typer.Option(None, help=describe(GRPOConfig, "system_prompt")),
+    lexicon: Optional[Path] = typer.Option(None, help="rhetoric-lexicon reward: a JSON lexicon replacing the default."),
+    judge: Optional[str] = typer.Option(None, help="For grader:* rewards: openai:MODEL."),
+    judge_base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible base URL for the grader judge."),
+    judge_api_key_env: str = typer.Option("OPENAI_API_KEY", help="NAME of the env var holding the judge key."),
+    device: Optional[str] = typer.Option(None, help=describe(GRPOConfig, "device")),
+    dtype: Optional[str] = typer.Option(None, help=describe(GRPOConfig, "dtype")),
+    overwrite: bool = typer.Option(False, help="Replace an existing run in --out."),
+) -> None:
+    """Fine-tune a LoRA adapter with GRPO (TRL) on prompts and reward functions."""
+    from spillover.config import load_config
+    from spillover.judge._spec import build_grader
+    from spillover.train.grpo import run_grpo
+
+    rewards = [{"name": r, **({"params": {"lexicon_path": str(lexicon)}} if lexicon and r == "rhetoric-lexicon" else {})}
+               for r in reward] or None
+    overrides = dict(model=model, prompts=prompts, rewards=rewards, init_adapter=init_adapter, max_steps=max_steps,
+                     epochs=epochs, num_generations=num_generations, max_completion_length=max_completion_length,
+                     beta=beta, loss_type=loss_type, temperature=temperature, top_p=top_p, lr=lr,
+                     batch_size=batch_size, grad_accum=grad_accum, seed=seed, system_prompt=system_prompt,
+                     device=device, dtype=dtype)
+    cfg = load_config(GRPOConfig, config, overrides)
+    grade = build_grader(judge, base_url=judge_base_url, api_key_env=judge_api_key_env) if judge else None
+    result = run_grpo(cfg, out, overwrite=overwrite, grade=grade)
+    typer.echo(f"adapter: {result.adapter_dir}\nrun:     {result.run_dir}  ({result.steps} steps, {result.seconds:.0f} s)")
+
+
+@app.command("compare")
+def compare_cmd(
+    config: Path = typer.Option(..., help="Comparison file (YAML): data, n_items, sft, grpo, evaluate, warmup."),
+    out: Path = typer.Option(..., help="Folder for both runs, the evaluation and comparison.json/.md."),
+    overwrite: bool = typer.Option(False, help="Replace an existing comparison in --out."),
+) -> None:
+    """Sample-matched SFT vs RL from one base and the same N items, evaluated side by side."""
+    from spillover.config import load_config
+    from spillover.experiment.compare import CompareConfig, run_comparison
+
+    result = run_comparison(load_config(CompareConfig, config), out, overwrite=overwrite)
+    typer.echo((out / "comparison.md").read_text() + f"\nreport: {result['report']}")
 
 
 # ---------------------------------------------------------------- sample

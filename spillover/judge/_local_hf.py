@@ -4,7 +4,7 @@ The judge prompt is one user message; the tokenizer's chat template (``add_gener
 wraps it, and we read the model's distribution over its answer. Unlike an API judge (first-token
 top-k only, see ``_aggregate``), we have the weights, so every integer 0..100 gets its exact
 probability even when the tokenizer spells it with several tokens (SmolLM2, Qwen and Llama-2 split
-digits: "100" is "1","0","0"):
+digits: "100" is "1","0","0"; Llama-3 groups up to three digits, so its trie is smaller):
 
   P(n) = sum over spellings s of n:  P(tokens of s | prompt) * P(s is complete | prompt, s)
 
@@ -17,13 +17,15 @@ tokenizer would write "100" loses that (small) probability from the numeric mass
 
 Completion. A spelling is complete when the next token does not start with an ASCII digit (its
 vocabulary string, so byte-level "Ġ5" and SentencePiece "▁5" start a new word, not a digit).
-So "1" is not counted inside "10", "0" not inside "007", "100" not inside "1000"; "42." and
-"42<|im_end|>" count as 42. Mass on "101" or "007" is simply not numeric.
+So "1" is not counted inside "10", "0" not inside "007", "100" not inside "1000"; "42<|im_end|>",
+"42." and "42.5" count as 42 (the prompt asks for an integer; the integer part is what was written
+first). Mass on "101" or "007" is simply not numeric, matching ``aggregate_score``'s canonical forms.
 
 Cost. The prompts are encoded once (left-padded batch); the trie of all spellings' tokens (101
 nodes for a digit-splitting tokenizer) then runs as ONE extra forward that reuses the prompt's KV
 cache, with a custom 4D attention mask letting each trie node see the prompt and its own ancestors.
-A judgment costs about one forward over the prompt plus ~101 tokens. Needs the ``eager`` or
+A judgment costs about one forward over the prompt plus ~101 tokens whose full-vocabulary logits
+are needed (each node's softmax normaliser), so short prompts pay relatively more. Needs the ``eager`` or
 ``sdpa`` attention implementation (a custom mask) and no sliding window shorter than the prompt.
 ``score_bruteforce`` is the reference: every spelling as its own full sequence.
 """
@@ -246,11 +248,15 @@ class LocalHFJudge:
 
         if self._digit_mask is None or len(self._digit_mask) != logits.shape[-1]:
             self._digit_mask = digit_start_mask(self.tokenizer, logits.shape[-1])
-        digits = self._digit_mask.to(device)
-        norm = torch.logsumexp(logits, dim=-1)  # (rows, 1 + nodes)
-        ended = torch.stack([torch.logsumexp(row.masked_fill(digits, -math.inf), dim=-1) for row in logits])
         src = (trie.parent + 1).to(device)  # row of the parent's logits; 0 is the root
         step = logits[torch.arange(rows, device=device)[:, None], src[None], trie.token.to(device)[None]]
+        top_ids = logits[:, 0].argmax(-1).tolist()
+        # One exp pass (in place) gives both normalisers: all tokens, and tokens that end a number.
+        shift = logits.amax(dim=-1, keepdim=True)
+        weights = logits.sub_(shift).exp_()
+        ends_number = (~self._digit_mask).to(device=device, dtype=weights.dtype)
+        norm = weights.sum(-1).log() + shift[..., 0]  # (rows, 1 + nodes): log of the softmax denominator
+        ended = (weights @ ends_number).log() + shift[..., 0]  # log-mass of non-digit next tokens (unnormalised)
         step = (step - norm[:, src]).cpu().double()  # log P(node token | prompt, ancestors)
         path = step @ trie.sees.T.double()  # log P(tokens up to and including node)
         complete = path + (ended - norm)[:, 1:].cpu().double()  # ... and the next token is not a digit
@@ -258,7 +264,7 @@ class LocalHFJudge:
         values, nodes = (torch.tensor(column) for column in zip(*trie.ends))
         probs = torch.zeros(rows, MAX_SCORE + 1, dtype=torch.float64)
         probs.index_add_(1, values, complete[:, nodes].exp())  # sums the spellings of each value
-        tops = self.tokenizer.convert_ids_to_tokens(root.argmax(-1).tolist())
+        tops = self.tokenizer.convert_ids_to_tokens(top_ids)
         return probs, [self.tokenizer.convert_tokens_to_string([t]) for t in tops]
 
 

@@ -26,6 +26,8 @@ class OptimSpec(StrictModel):
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     seed: int = Field(0, description="Seed for LoRA init, data order and sampling.")
     logging_steps: int = Field(1, ge=1, description="Log loss every N optimizer steps.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass: saves "
+                                         "memory on large models, costs about a third more compute.")
 
 
 class ModelSpec(StrictModel):

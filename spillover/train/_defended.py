@@ -32,8 +32,10 @@ class DefendedTrainerMixin:
         loss, outputs = result if isinstance(result, tuple) else (result, None)
         # HF divides the total by grad-accum steps only when the loss was not already normalised by
         # num_items_in_batch; our per-batch mean terms need that division either way, exactly once.
-        already_scaled = (getattr(self, "model_accepts_loss_kwargs", False) and num_items_in_batch is not None) \
-            or getattr(self, "compute_loss_func", None) is not None
+        already_scaled = getattr(self, "loss_is_scaled_for_ga", None)  # TRL's GRPOTrainer says so itself
+        if already_scaled is None:  # transformers' own rule (SFTTrainer)
+            already_scaled = (getattr(self, "model_accepts_loss_kwargs", False) and num_items_in_batch is not None) \
+                or getattr(self, "compute_loss_func", None) is not None
         ga = self.args.gradient_accumulation_steps if already_scaled and model.training else 1
         for d in self.defenses:
             term = d.loss_term(model, inputs, outputs)

@@ -253,7 +253,10 @@ def run_grpo(cfg: GRPOConfig, out: str | Path, *, overwrite: bool = False, grade
     history = trainer.state.log_history
     losses = [r["loss"] for r in history if "loss" in r]
     rewards_logged = [r["reward"] for r in history if r.get("reward") is not None]
+    tokens = [r["num_tokens"] for r in history if "num_tokens" in r]
     update_manifest(run_dir, status="complete", finished=now_iso(), steps=steps, train_seconds=round(seconds, 2),
                     seconds_per_step=round(seconds / max(steps, 1), 3), train_loss=output.training_loss,
-                    final_reward=rewards_logged[-1] if rewards_logged else None)
+                    final_reward=rewards_logged[-1] if rewards_logged else None,
+                    tokens_seen=int(tokens[-1]) if tokens else None,
+                    completions_sampled=steps * cfg.batch_size * cfg.grad_accum)
     return TrainResult(run_dir, adapter_dir, steps, losses[-1] if losses else None, seconds)
