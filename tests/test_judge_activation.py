@@ -110,7 +110,7 @@ def test_logistic_recovers_a_separable_problem():
 def test_logistic_row_space_fit_equals_full_fit_when_features_outnumber_rows():
     rng = np.random.default_rng(1)
     X, y = rng.normal(size=(12, 40)), np.array([0.0, 1.0] * 6)
-    coef, intercept = fit_logistic(X, y, l2=0.1)  # SVD path (40 > 12)
+    coef, intercept = fit_logistic(X, y, l2=0.1)  # row-space path (40 > 12)
     full_coef, full_intercept = _newton(X, y, 0.1, 100, 1e-12)  # plain Newton in 41 dimensions
     np.testing.assert_allclose(coef, full_coef, atol=1e-7)
     assert intercept == pytest.approx(full_intercept, abs=1e-7)

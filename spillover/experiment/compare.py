@@ -81,7 +81,8 @@ def _arm_stats(run_dir: Path, items: int) -> dict:
             "completions_sampled": m.get("completions_sampled"), "train_seconds": m.get("train_seconds")}
 
 
-def run_comparison(cfg: CompareConfig, out: str | Path, *, overwrite: bool = False, grade=None) -> dict:
+def run_comparison(cfg: CompareConfig, out: str | Path, *, overwrite: bool = False, grade=None, judge=None) -> dict:
+    """Run both arms and the evaluation; ``grade``/``judge`` override the ones built from the config."""
     out = prepare_run_dir(out, overwrite=overwrite)
     atomic_write_text(out / "config.yaml", dump_yaml(cfg))
     examples = load_chat_jsonl(resolve_data_path(cfg.data), strip_qwen3=cfg.strip_qwen3_markers)
@@ -108,8 +109,8 @@ def run_comparison(cfg: CompareConfig, out: str | Path, *, overwrite: bool = Fal
                             max_new_tokens=ev.max_new_tokens, temperature=ev.temperature, seed=cfg.seed,
                             batch_size=ev.batch_size, probe_pairs=list(ev.probe), probe_base=cfg.model,
                             device=cfg.device)
-    judge = build_judge(ev.judge, base_url=ev.judge_base_url, api_key_env=ev.judge_api_key_env,
-                        cache_dir=str(out / "judge_cache"), device=cfg.device)
+    judge = judge or build_judge(ev.judge, base_url=ev.judge_base_url, api_key_env=ev.judge_api_key_env,
+                                 cache_dir=str(out / "judge_cache"), device=cfg.device)
     arms = [Arm("base", cfg.model), Arm("sft", cfg.model, str(sft.adapter_dir)), Arm("rl", cfg.model, str(rl.adapter_dir))]
     eval_dir = run_evaluation(arms, settings, judge, out / "eval")
     from spillover.report import build_report

@@ -36,6 +36,7 @@ from spillover.judge._logistic import (
     pair_accuracy,
     predict_proba,
     roc_auc,
+    row_space,
     standardise,
 )
 from spillover.judge.activation import (
@@ -146,8 +147,9 @@ def cross_validate(X: np.ndarray, y: np.ndarray, groups: Sequence[str], l2_grid:
         fit_rows = np.setdiff1d(np.arange(len(y)), held)
         mean, std = standardise(X[fit_rows])
         Z = (X[fit_rows] - mean) / std
+        reduced = row_space(Z) if Z.shape[1] > Z.shape[0] else None
         for l2 in l2_grid:
-            coef, intercept = fit_logistic(Z, y[fit_rows], l2)
+            coef, intercept = fit_logistic(Z, y[fit_rows], l2, reduced=reduced)
             out[l2][held] = predict_proba(X[held], mean, std, coef, intercept)
     return out
 

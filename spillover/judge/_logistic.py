@@ -4,7 +4,7 @@ accuracy and calibration metrics reported for them. Pure functions, no I/O, no m
 :func:`fit_logistic` minimises ``mean log-loss + (l2 / 2) * ||coef||^2`` (the intercept is not
 penalised) by Newton's method with step halving; the problem is strictly convex for ``l2 > 0``, so
 the result is unique and deterministic. When there are more features than rows the fit runs in the
-row space of ``X`` (a thin SVD): the L2 optimum always lies there, so this is exact, and a fit on
+row space of ``X`` (from the Gram matrix): the L2 optimum always lies there, so this is exact, and a fit on
 160 rows of 576 features costs a 161-dimensional Newton solve instead of a 577-dimensional one.
 """
 
@@ -53,9 +53,7 @@ def _newton(Z: np.ndarray, y: np.ndarray, l2: float, max_iter: int, tol: float) 
     return theta[:-1], float(theta[-1])
 
 
-def fit_logistic(X: np.ndarray, y: Sequence[float], l2: float, *, max_iter: int = 100,
-                 tol: float = 1e-10) -> tuple[np.ndarray, float]:
-    """``(coef, intercept)`` of L2-regularised logistic regression of ``y`` (0/1) on ``X`` (n, d)."""
+def _check(X: np.ndarray, y: Sequence[float], l2: float) -> tuple[np.ndarray, np.ndarray]:
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     if X.ndim != 2 or len(X) != len(y) or len(y) == 0:
@@ -64,13 +62,33 @@ def fit_logistic(X: np.ndarray, y: Sequence[float], l2: float, *, max_iter: int 
         raise ValueError(f"l2 must be > 0, got {l2}")
     if not set(np.unique(y)) <= {0.0, 1.0}:
         raise ValueError("y must hold only 0 and 1")
+    return X, y
+
+
+def row_space(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(Z, basis)`` with ``X = Z @ basis.T`` and orthonormal ``basis`` (d, r), r <= n: coordinates of the
+    rows in their own span, from the eigenvectors of the n x n Gram matrix (cheaper than an SVD of X)."""
+    X = np.asarray(X, dtype=np.float64)
+    eigval, eigvec = np.linalg.eigh(X @ X.T)
+    keep = eigval > max(float(eigval.max(initial=0.0)), 1e-300) * 1e-12
+    sing = np.sqrt(eigval[keep])
+    Z = eigvec[:, keep] * sing
+    return Z, (X.T @ eigvec[:, keep]) / sing
+
+
+def fit_logistic(X: np.ndarray, y: Sequence[float], l2: float, *, max_iter: int = 100, tol: float = 1e-10,
+                 reduced: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, float]:
+    """``(coef, intercept)`` of L2-regularised logistic regression of ``y`` (0/1) on ``X`` (n, d).
+
+    ``reduced``: ``row_space(X)`` computed once by a caller that fits several ``l2`` on the same ``X``.
+    """
+    X, y = _check(X, y, l2)
     n, d = X.shape
-    if d <= n:
+    if d <= n and reduced is None:
         return _newton(X, y, l2, max_iter, tol)
-    U, S, Vt = np.linalg.svd(X, full_matrices=False)
-    keep = S > S.max() * 1e-10 if S.size and S.max() > 0 else np.zeros(len(S), dtype=bool)
-    beta, intercept = _newton(U[:, keep] * S[keep], y, l2, max_iter, tol)
-    return Vt[keep].T @ beta, intercept
+    Z, basis = reduced if reduced is not None else row_space(X)
+    beta, intercept = _newton(Z, y, l2, max_iter, tol)
+    return basis @ beta, intercept
 
 
 def standardise(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
