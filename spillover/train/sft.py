@@ -47,7 +47,7 @@ def _trl_args(cfg, output_dir: Path, device, dtype, **method_kwargs):
         output_dir=str(output_dir), learning_rate=cfg.lr, lr_scheduler_type=cfg.lr_scheduler,
         warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
         per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
-        max_grad_norm=cfg.max_grad_norm, gradient_checkpointing=cfg.gradient_checkpointing,
+        max_grad_norm=cfg.max_grad_norm, activation_checkpointing=cfg.gradient_checkpointing,
         seed=cfg.seed, data_seed=cfg.seed, logging_steps=cfg.logging_steps,
         save_strategy="no", report_to=[], disable_tqdm=True, use_cpu=device.type == "cpu",
         bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, dataloader_num_workers=0,
