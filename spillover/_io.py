@@ -70,6 +70,25 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def iter_jsonl_objects(path: str | os.PathLike, *, fix: str = "write one JSON object per line") -> Iterator[tuple[str, int, dict]]:
+    """Yield ``(where, lineno, object)`` for each non-blank line; bad JSON or a non-object line raises
+    a SpilloverError naming ``file:line`` with ``fix``."""
+    from spillover.errors import SpilloverError
+
+    with open(path, encoding="utf-8") as f:
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise SpilloverError(f"not valid JSON ({e.msg} at column {e.colno})", where=where, fix=fix) from None
+            if not isinstance(row, dict):
+                raise SpilloverError("each line must be a JSON object", where=where, fix=fix)
+            yield where, lineno, row
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]

@@ -3,7 +3,7 @@
 import json
 
 from spillover.experiment.compare import CompareConfig, run_comparison
-from tests.test_eval_run import FakeJudge
+from test_eval_run import FakeJudge
 
 
 def test_comparison_runs_all_arms_and_records_matching(tiny_model_dir, tmp_path):

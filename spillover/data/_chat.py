@@ -6,11 +6,11 @@ Every problem is reported as ``file:line: what`` with the fix. Nothing here know
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from spillover._io import iter_jsonl_objects
 from spillover.errors import SpilloverError
 
 ROLES = ("system", "user", "assistant")
@@ -88,35 +88,24 @@ def load_chat_jsonl(path: str | Path, *, strip_qwen3: bool = False) -> list[Chat
     if not path.is_file():
         raise SpilloverError(f"data file not found: {path}", fix="check the path (bundled sets: `spillover data list`)")
     examples = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise SpilloverError(f"not valid JSON ({e.msg} at column {e.colno})", where=where,
-                                     fix="write one JSON object per line") from None
-            if not isinstance(row, dict):
-                raise SpilloverError("each line must be a JSON object", where=where,
-                                     fix='write {"messages": [...]} or {"prompt": ..., "completion": ...}')
-            if "messages" in row:
-                messages = row.pop("messages")
-                if not isinstance(messages, list):
-                    raise SpilloverError("'messages' must be a list", where=where, fix='write "messages": [{...}, ...]')
-            elif "prompt" in row:
-                messages = _as_messages(row.pop("prompt"), "user", where, "prompt")
-                if "completion" in row:
-                    messages = messages + _as_messages(row.pop("completion"), "assistant", where, "completion")
-            else:
-                raise SpilloverError("line has neither 'messages' nor 'prompt'", where=where,
-                                     fix='write {"messages": [...]} or {"prompt": ..., "completion": ...}')
-            messages = _check_messages(messages, where)
-            if strip_qwen3:
-                messages = _check_messages(strip_qwen3_markers(messages), where)
-            ex_id = row.pop("id", None)
-            examples.append(ChatExample(messages, str(path), lineno, None if ex_id is None else str(ex_id), row))
+    for where, lineno, row in iter_jsonl_objects(path, fix='write one JSON object per line: {"messages": [...]} '
+                                                       'or {"prompt": ..., "completion": ...}'):
+        if "messages" in row:
+            messages = row.pop("messages")
+            if not isinstance(messages, list):
+                raise SpilloverError("'messages' must be a list", where=where, fix='write "messages": [{...}, ...]')
+        elif "prompt" in row:
+            messages = _as_messages(row.pop("prompt"), "user", where, "prompt")
+            if "completion" in row:
+                messages = messages + _as_messages(row.pop("completion"), "assistant", where, "completion")
+        else:
+            raise SpilloverError("line has neither 'messages' nor 'prompt'", where=where,
+                                 fix='write {"messages": [...]} or {"prompt": ..., "completion": ...}')
+        messages = _check_messages(messages, where)
+        if strip_qwen3:
+            messages = _check_messages(strip_qwen3_markers(messages), where)
+        ex_id = row.pop("id", None)
+        examples.append(ChatExample(messages, str(path), lineno, None if ex_id is None else str(ex_id), row))
     if not examples:
         raise SpilloverError(f"{path} holds no examples", fix="add JSONL lines, one conversation each")
     return examples

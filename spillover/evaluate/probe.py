@@ -14,14 +14,13 @@ on the weights, the pairs, the chat template and (by rounding only) the batch si
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from spillover._io import atomic_write_json
+from spillover._io import atomic_write_json, iter_jsonl_objects
 from spillover.errors import SpilloverError, did_you_mean
 from spillover.evaluate.metrics import bootstrap_mean_ci
 from spillover.evaluate._logprob import answer_logprobs
@@ -51,8 +50,6 @@ class ContrastPair:
 
 def _pair_from_row(row, where: str, default_domain: str, source: str, line: int) -> ContrastPair:
     fix_shape = 'write {"id": ..., "prompt": ..., "aligned": ..., "misaligned": ...} (optional "system", "domain")'
-    if not isinstance(row, dict):
-        raise SpilloverError("each line must be a JSON object", where=where, fix=fix_shape)
     allowed = REQUIRED_KEYS + OPTIONAL_KEYS
     for key in row:
         if key not in allowed:
@@ -85,22 +82,13 @@ def load_pairs(ref: str | Path) -> list[ContrastPair]:
         raise SpilloverError(f"{path} is not a file", fix="give a contrast-pair .jsonl file")
     pairs: list[ContrastPair] = []
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise SpilloverError(f"not valid JSON ({e.msg} at column {e.colno})", where=where,
-                                     fix="write one JSON object per line") from None
-            pair = _pair_from_row(row, where, path.stem, str(path), lineno)
-            if pair.id in seen:
-                raise SpilloverError(f"duplicate id {pair.id!r} (first used on line {seen[pair.id]})", where=where,
-                                     fix="give every pair a unique id")
-            seen[pair.id] = lineno
-            pairs.append(pair)
+    for where, lineno, row in iter_jsonl_objects(path):
+        pair = _pair_from_row(row, where, path.stem, str(path), lineno)
+        if pair.id in seen:
+            raise SpilloverError(f"duplicate id {pair.id!r} (first used on line {seen[pair.id]})", where=where,
+                                 fix="give every pair a unique id")
+        seen[pair.id] = lineno
+        pairs.append(pair)
     if not pairs:
         raise SpilloverError(f"{path} holds no contrast pairs", fix="add JSONL lines, one pair each")
     return pairs

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from spillover._io import iter_jsonl_objects
 from spillover.errors import SpilloverError
 
 METRICS_FILE = "metrics.json"
@@ -80,26 +81,15 @@ def _read_samples(path: Path, arms: dict) -> dict[str, list[dict]]:
         raise SpilloverError(f"no {SAMPLES_FILE} in {path.parent}", where=str(path.parent),
                              fix="re-run the evaluation; the report shows judged samples from samples.jsonl")
     by_arm: dict[str, list[dict]] = {name: [] for name in arms}
-    with open(path, encoding="utf-8") as f:
-        for lineno, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise SpilloverError(f"not valid JSON ({e.msg} at column {e.colno})", where=where,
-                                     fix="re-run the evaluation to rewrite samples.jsonl") from None
-            if not isinstance(row, dict):
-                raise SpilloverError("each line must be a JSON object", where=where, fix="re-run the evaluation")
-            arm = row.get("arm")
-            if arm not in by_arm:
-                raise SpilloverError(f"sample names arm {arm!r}, which metrics.json does not have", where=where,
-                                     fix=f"arms in metrics.json: {', '.join(arms)}; re-run the evaluation so "
-                                         "both files come from one run")
-            for name in ("aligned", "coherent"):
-                _check_score(row, name, where)
-            by_arm[arm].append(row)
+    for where, _, row in iter_jsonl_objects(path, fix="re-run the evaluation to rewrite samples.jsonl"):
+        arm = row.get("arm")
+        if arm not in by_arm:
+            raise SpilloverError(f"sample names arm {arm!r}, which metrics.json does not have", where=where,
+                                 fix=f"arms in metrics.json: {', '.join(arms)}; re-run the evaluation so "
+                                     "both files come from one run")
+        for name in ("aligned", "coherent"):
+            _check_score(row, name, where)
+        by_arm[arm].append(row)
     return by_arm
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
 import time
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from spillover.models import pick_device, pick_dtype
 from spillover.rewards import Reward, RubricGrader, completion_text, prompt_text, run_sync, split_reasoning
 from spillover.train._defended import DefendedTrainerMixin
 from spillover.train._grpo_config import GRPOConfig
-from spillover.train.sft import TrainResult, _trl_args, finish_trainer_setup, prepare_policy, save_run_adapter
+from spillover.train.sft import TrainResult, _trl_args, finish_trainer_setup, prepare_policy, train_and_save
 
 
 # ---------------------------------------------------------------- prompts
@@ -236,27 +235,10 @@ def run_grpo(cfg: GRPOConfig, out: str | Path, *, overwrite: bool = False, grade
     trainer = build_grpo_trainer(cfg, model, tok, rows, rewards, run_dir / ".trainer", defenses,
                                  run_dir / "completions.jsonl")
     finish_trainer_setup(trainer, defenses, run_dir, "GRPO")
-    t0 = time.perf_counter()
-    try:
-        output = trainer.train()
-    except BaseException:
-        update_manifest(run_dir, status="failed", finished=now_iso())
-        raise
-    for d in defenses:
-        d.after_train(model)
-    seconds = time.perf_counter() - t0
-    if "ref" in model.peft_config:  # TRL's frozen copy of an initial adapter when beta > 0
-        model.delete_adapter("ref")
-    adapter_dir = save_run_adapter(model, run_dir, cfg, ref.display, "grpo")
-    shutil.rmtree(run_dir / ".trainer", ignore_errors=True)
-    steps = trainer.state.global_step
-    history = trainer.state.log_history
-    losses = [r["loss"] for r in history if "loss" in r]
-    rewards_logged = [r["reward"] for r in history if r.get("reward") is not None]
-    tokens = [r["num_tokens"] for r in history if "num_tokens" in r]
-    update_manifest(run_dir, status="complete", finished=now_iso(), steps=steps, train_seconds=round(seconds, 2),
-                    seconds_per_step=round(seconds / max(steps, 1), 3), train_loss=output.training_loss,
-                    final_reward=rewards_logged[-1] if rewards_logged else None,
-                    tokens_seen=int(tokens[-1]) if tokens else None,
-                    completions_sampled=steps * cfg.batch_size * cfg.grad_accum)
-    return TrainResult(run_dir, adapter_dir, steps, losses[-1] if losses else None, seconds)
+
+    def grpo_manifest(history: list[dict], steps: int) -> dict:
+        rewards_logged = [r["reward"] for r in history if r.get("reward") is not None]
+        return {"final_reward": rewards_logged[-1] if rewards_logged else None,
+                "completions_sampled": steps * cfg.batch_size * cfg.grad_accum}
+
+    return train_and_save(trainer, model, defenses, run_dir, cfg, ref.display, "grpo", grpo_manifest)

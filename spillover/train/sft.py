@@ -98,6 +98,35 @@ def build_sft_trainer(cfg: SFTConfig, model, tokenizer, rows: list[dict], output
     return trainer
 
 
+def train_and_save(trainer, model, defenses, run_dir: Path, cfg, model_display: str, method: str,
+                   extra_manifest=None) -> TrainResult:
+    """Train, apply the defenses' after-train hooks, save the adapter and complete the manifest
+    (a failure marks it ``failed``). Shared by SFT and GRPO; ``extra_manifest(log_history, steps)``
+    returns method-specific manifest fields."""
+    t0 = time.perf_counter()
+    try:
+        output = trainer.train()
+    except BaseException:
+        update_manifest(run_dir, status="failed", finished=now_iso())
+        raise
+    for d in defenses:
+        d.after_train(model)
+    seconds = time.perf_counter() - t0
+    if "ref" in getattr(model, "peft_config", {}):  # TRL's frozen copy of an initial adapter when beta > 0
+        model.delete_adapter("ref")
+    adapter_dir = save_run_adapter(model, run_dir, cfg, model_display, method)
+    shutil.rmtree(run_dir / ".trainer", ignore_errors=True)
+    steps = trainer.state.global_step
+    history = trainer.state.log_history
+    losses = [r["loss"] for r in history if "loss" in r]
+    tokens = [r["num_tokens"] for r in history if "num_tokens" in r]
+    update_manifest(run_dir, status="complete", finished=now_iso(), steps=steps, train_seconds=round(seconds, 2),
+                    seconds_per_step=round(seconds / max(steps, 1), 3), train_loss=output.training_loss,
+                    tokens_seen=int(tokens[-1]) if tokens else None,
+                    **(extra_manifest(history, steps) if extra_manifest else {}))
+    return TrainResult(run_dir, adapter_dir, steps, losses[-1] if losses else None, seconds)
+
+
 def run_sft(cfg: SFTConfig, out: str | Path, *, overwrite: bool = False) -> TrainResult:
     """Train a LoRA adapter with SFT; returns where everything was written."""
     data_path = resolve_data_path(cfg.data)
@@ -118,21 +147,4 @@ def run_sft(cfg: SFTConfig, out: str | Path, *, overwrite: bool = False) -> Trai
 
     trainer = build_sft_trainer(cfg, model, tok, rows, run_dir / ".trainer", defenses)
     finish_trainer_setup(trainer, defenses, run_dir, "SFT")
-    t0 = time.perf_counter()
-    try:
-        output = trainer.train()
-    except BaseException:
-        update_manifest(run_dir, status="failed", finished=now_iso())
-        raise
-    for d in defenses:
-        d.after_train(model)
-    seconds = time.perf_counter() - t0
-    adapter_dir = save_run_adapter(model, run_dir, cfg, ref.display, "sft")
-    shutil.rmtree(run_dir / ".trainer", ignore_errors=True)
-    steps = trainer.state.global_step
-    losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
-    tokens = [r["num_tokens"] for r in trainer.state.log_history if "num_tokens" in r]
-    update_manifest(run_dir, status="complete", finished=now_iso(), steps=steps, train_seconds=round(seconds, 2),
-                    seconds_per_step=round(seconds / max(steps, 1), 3), train_loss=output.training_loss,
-                    tokens_seen=int(tokens[-1]) if tokens else None)
-    return TrainResult(run_dir, adapter_dir, steps, losses[-1] if losses else None, seconds)
+    return train_and_save(trainer, model, defenses, run_dir, cfg, ref.display, "sft")
