@@ -12,6 +12,10 @@ groups), standardising inside each fold. The pair with the lowest out-of-fold lo
 score, finer than accuracy on 80 pairs; ties go to the first on the grid). The probe is then refitted on
 all train rows and measured once on the held-out split: pair accuracy (misaligned above its aligned
 partner), answer accuracy at P = 0.5, Brier score, ECE over 5 equal-width bins, AUC.
+
+Cost: one encoder forward per answer (all grid layers at once), then ~folds x layers small Newton fits.
+On a busy machine set ``OPENBLAS_NUM_THREADS=1``: the many small solves thrash BLAS threads (measured on
+2 shared cores: 31 s vs 4 s per layer for 80 folds x 6 l2 values).
 """
 
 from __future__ import annotations
@@ -42,16 +46,19 @@ from spillover.judge._logistic import (
 from spillover.judge.activation import (
     FILE_FORMAT,
     FILE_VERSION,
+    IDENTITY_KEYS,
+    SHIPPED_PATH,
     _text_config,
     answer_features_by_layer,
     encoder_identity,
     load_encoder,
+    read_judge_file,
 )
 
 LABELS = ("aligned", "misaligned")
 SPLITS = ("train", "heldout")
 KEYS = ("pair_id", "question", "answer", "label", "split")
-DEFAULT_L2 = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+DEFAULT_L2 = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 ECE_BINS = 5
 HELDOUT_SHARE = 0.2
 
@@ -157,10 +164,13 @@ def cross_validate(X: np.ndarray, y: np.ndarray, groups: Sequence[str], l2_grid:
 def train_activation_judge(labels_path: str | Path, out_path: str | Path, model_ref: str = "embedded",
                            layers: Sequence[int] | None = None, seed: int = 0, *,
                            l2_grid: Sequence[float] = DEFAULT_L2, batch_size: int = 16, device: str | None = None,
-                           max_folds: int = 100, coherence: bool = True) -> dict:
+                           max_folds: int = 100, coherence: bool = True, refit_coherence: bool = False) -> dict:
     """Fit the probe on ``labels_path`` with encoder ``model_ref``, write the classifier file to ``out_path``
-    and return its metrics (cv of the chosen setting, heldout, chosen layer and l2). ``coherence`` also
-    fits the offline coherence calibration for this encoder (``_coherence``; about a minute on CPU)."""
+    and return its metrics (cv of the chosen setting, heldout, chosen layer and l2).
+
+    ``coherence`` also stores the offline coherence calibration for this encoder (``_coherence``). It does
+    not depend on the labels, so it is copied from the shipped file when the encoder is the shipped one,
+    and fitted otherwise or with ``refit_coherence`` (about 830 texts scored: minutes on a CPU)."""
     data = load_labelled_answers(labels_path, seed)
     if not l2_grid or any(l2 <= 0 for l2 in l2_grid):
         raise SpilloverError(f"l2 values must be > 0, got {list(l2_grid)}", fix="pass positive l2 values")
@@ -211,9 +221,18 @@ def train_activation_judge(labels_path: str | Path, out_path: str | Path, model_
         "coherence": None,
     }
     if coherence:
-        from spillover.judge._coherence import fit_coherence_calibration
-
-        doc["coherence"] = fit_coherence_calibration(model, tokenizer, seed=seed, batch_size=batch_size)
+        doc["coherence"] = _coherence_block(model, tokenizer, doc["encoder"], refit_coherence, batch_size)
         metrics["coherence"] = doc["coherence"]["heldout"]
     atomic_write_json(out_path, doc)
     return metrics
+
+
+def _coherence_block(model, tokenizer, encoder: dict, refit: bool, batch_size: int) -> dict:
+    from spillover.judge._coherence import fit_coherence_calibration
+
+    if not refit and SHIPPED_PATH.is_file():
+        shipped = read_judge_file(SHIPPED_PATH)
+        same = all(shipped["encoder"].get(k) == encoder.get(k) for k in IDENTITY_KEYS)
+        if same and shipped.get("coherence"):
+            return {**shipped["coherence"], "copied_from": f"{SHIPPED_PATH.name} (sha256 {shipped['_sha256']})"}
+    return fit_coherence_calibration(model, tokenizer, batch_size=batch_size)

@@ -65,7 +65,7 @@ class LocalHFJudgeConfig(StrictModel):
 
 @dataclass(frozen=True)
 class NumberTrie:
-    """Token trie of the spellings of 0..100, nodes in breadth-first order (parents before children).
+    """Token trie of value spellings (here 0..100), nodes in breadth-first order (parents before children).
 
     token[i]: token id of node i; parent[i]: index of its parent node, -1 for children of the root;
     depth[i]: 1 for children of the root; sees[i, j]: node j is node i or one of its ancestors;
@@ -171,6 +171,41 @@ def _encode(tokenizer, prompt: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def trie_value_probs(model, trie: NumberTrie, cache, keep: torch.Tensor, root: torch.Tensor,
+                     ends_value: torch.Tensor, n_values: int) -> torch.Tensor:
+    """(rows, n_values) float64 P(value) from ONE forward of ``trie`` on a prefix's KV ``cache``.
+
+    ``keep`` (rows, cols) marks the real (not left-padding) prefix tokens the cache holds; ``root``
+    (rows, V) are the logits after the prefix; ``ends_value`` (V,) bool marks the next tokens that end
+    a spelling. P(value) = sum over its spellings of P(spelling tokens) * P(next token ends it). Each
+    trie node attends to the real prefix tokens and its ancestors (additive 4D mask, eager and sdpa);
+    the trie's entries are cropped off ``cache`` again, so the caller can go on feeding it.
+    """
+    rows, cols, n_nodes = keep.shape[0], keep.shape[1], len(trie.token)
+    device, dtype = root.device, next(model.parameters()).dtype
+    _check_model(model, cols + int(trie.depth.max()))
+    visible = torch.cat([keep.bool()[:, None, :].expand(rows, n_nodes, cols),
+                         trie.sees[None].expand(rows, n_nodes, n_nodes)], dim=2)
+    mask = torch.zeros(visible.shape, dtype=dtype).masked_fill_(~visible, torch.finfo(dtype).min)
+    out = model(input_ids=trie.token[None].expand(rows, -1).to(device), attention_mask=mask[:, None].to(device),
+                position_ids=(keep.sum(1)[:, None] + trie.depth[None] - 1).to(device),
+                past_key_values=cache, use_cache=True)
+    cache.crop(-n_nodes)
+    logits = torch.cat([root[:, None], _at_least_fp32(out.logits)], dim=1)  # (rows, 1 + nodes, V)
+    del out
+    src = (trie.parent + 1).to(device)  # row of the parent's logits; 0 is the root
+    step = logits[torch.arange(rows, device=device)[:, None], src[None], trie.token.to(device)[None]]
+    shift = logits.amax(dim=-1, keepdim=True)
+    weights = logits.sub_(shift).exp_()  # in place: one exp pass gives both normalisers
+    norm = weights.sum(-1).log() + shift[..., 0]  # log softmax denominator per row
+    ended = (weights @ ends_value.to(device=device, dtype=weights.dtype)).log() + shift[..., 0]
+    path = (step - norm[:, src]).cpu().double() @ trie.sees.T.double()  # log P(tokens up to and including node)
+    complete = path + (ended - norm)[:, 1:].cpu().double()  # ... and the next token ends the spelling
+    values, nodes = (torch.tensor(column) for column in zip(*trie.ends))
+    probs = torch.zeros(rows, n_values, dtype=torch.float64)
+    return probs.index_add_(1, values, complete[:, nodes].exp())  # sums the spellings of each value
+
+
 class LocalHFJudge:
     """Exact logprob judge on a local causal LM. Scores are invariant to batch size (up to float round-off)."""
 
@@ -182,7 +217,7 @@ class LocalHFJudge:
         self.min_mass, self.batch_size, self.leading_space = min_mass, batch_size, leading_space
         self.name = name or getattr(model.config, "_name_or_path", "") or type(model).__name__
         self.trie = NumberTrie.build(number_spellings(tokenizer, leading_space))
-        self._digit_mask: torch.Tensor | None = None
+        self._ends_number: torch.Tensor | None = None
 
     @classmethod
     def from_config(cls, config: LocalHFJudgeConfig) -> LocalHFJudge:
@@ -221,49 +256,20 @@ class LocalHFJudge:
     def _judge_batch(self, encoded: list[list[int]]) -> tuple[torch.Tensor, list[str]]:
         trie, model = self.trie, self.model
         device = next(model.parameters()).device
-        width, n_nodes, rows = max(map(len, encoded)), len(trie.token), len(encoded)
-        _check_model(model, width + int(trie.depth.max()))
+        width, rows = max(map(len, encoded)), len(encoded)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         ids = torch.full((rows, width), pad, dtype=torch.long)
         keep = torch.zeros((rows, width), dtype=torch.long)
         for r, seq in enumerate(encoded):  # left padding: every prompt ends at the last column
             ids[r, width - len(seq):], keep[r, width - len(seq):] = torch.tensor(seq), 1
-        lengths = keep.sum(1)
         positions = (keep.cumsum(1) - 1).clamp(min=0)
         out = model(input_ids=ids.to(device), attention_mask=keep.to(device), position_ids=positions.to(device),
                     use_cache=True, logits_to_keep=1)
         root = _at_least_fp32(out.logits[:, -1])  # (rows, V): the first answer token
-
-        # Trie pass: node i sees the real prompt tokens and its ancestors; additive mask (eager and sdpa).
-        dtype = next(model.parameters()).dtype
-        visible = torch.cat([keep.bool()[:, None, :].expand(rows, n_nodes, width),
-                             trie.sees[None].expand(rows, n_nodes, n_nodes)], dim=2)
-        mask = torch.zeros(visible.shape, dtype=dtype).masked_fill_(~visible, torch.finfo(dtype).min)
-        node_out = model(input_ids=trie.token[None].expand(rows, -1).to(device),
-                         attention_mask=mask[:, None].to(device),
-                         position_ids=(lengths[:, None] + trie.depth[None] - 1).to(device),
-                         past_key_values=out.past_key_values, use_cache=True)
-        logits = torch.cat([root[:, None], _at_least_fp32(node_out.logits)], dim=1)  # (rows, 1 + nodes, V)
-        del out, node_out
-
-        if self._digit_mask is None or len(self._digit_mask) != logits.shape[-1]:
-            self._digit_mask = digit_start_mask(self.tokenizer, logits.shape[-1])
-        src = (trie.parent + 1).to(device)  # row of the parent's logits; 0 is the root
-        step = logits[torch.arange(rows, device=device)[:, None], src[None], trie.token.to(device)[None]]
-        top_ids = logits[:, 0].argmax(-1).tolist()
-        # One exp pass (in place) gives both normalisers: all tokens, and tokens that end a number.
-        shift = logits.amax(dim=-1, keepdim=True)
-        weights = logits.sub_(shift).exp_()
-        ends_number = (~self._digit_mask).to(device=device, dtype=weights.dtype)
-        norm = weights.sum(-1).log() + shift[..., 0]  # (rows, 1 + nodes): log of the softmax denominator
-        ended = (weights @ ends_number).log() + shift[..., 0]  # log-mass of non-digit next tokens (unnormalised)
-        step = (step - norm[:, src]).cpu().double()  # log P(node token | prompt, ancestors)
-        path = step @ trie.sees.T.double()  # log P(tokens up to and including node)
-        complete = path + (ended - norm)[:, 1:].cpu().double()  # ... and the next token is not a digit
-
-        values, nodes = (torch.tensor(column) for column in zip(*trie.ends))
-        probs = torch.zeros(rows, MAX_SCORE + 1, dtype=torch.float64)
-        probs.index_add_(1, values, complete[:, nodes].exp())  # sums the spellings of each value
+        top_ids = root.argmax(-1).tolist()
+        if self._ends_number is None or len(self._ends_number) != root.shape[-1]:
+            self._ends_number = ~digit_start_mask(self.tokenizer, root.shape[-1])
+        probs = trie_value_probs(model, trie, out.past_key_values, keep, root, self._ends_number, MAX_SCORE + 1)
         tops = self.tokenizer.convert_ids_to_tokens(top_ids)
         return probs, [self.tokenizer.convert_tokens_to_string([t]) for t in tops]
 

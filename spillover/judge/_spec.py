@@ -2,6 +2,7 @@
 
 - ``local`` (default; offline): the activation judge on the embedded model for "aligned" and the
   base model's likelihood-based coherence score for "coherent" (no prompts involved);
+  ``local:FILE`` uses a classifier file from ``spillover judge train-activation``;
 - ``hf:MODEL``: the logprob LLM judge on an open-weights chat model (exact expected 0-100 score);
 - ``openai:MODEL``: an OpenAI-compatible endpoint (``base_url``; key read from the env var *named*
   by ``api_key_env``, never stored).
@@ -90,21 +91,21 @@ class ActivationEvalJudge(EvalJudge):
         return [Judgment(a, c) for a, c in zip(aligned, coherent)]
 
     def identity(self) -> dict:
-        ident = self.aligned_judge.judge_identity()
-        return {**ident, "coherence": self.coherence.identity() if hasattr(self.coherence, "identity") else None,
-                "prompts": None, "limits": getattr(self.aligned_judge, "limits", None)}
+        return {**self.aligned_judge.judge_identity(), "coherence": self.coherence.judge_identity(),
+                "prompts": None, "limits": self.aligned_judge.limits()}
 
 
 def build_judge(spec: str = "local", *, base_url: str | None = None, api_key_env: str | None = "OPENAI_API_KEY",
                 cache_dir: str | None = None, device: str | None = None, max_concurrency: int = 32) -> EvalJudge:
     """Build the judge named by ``spec`` (see module docstring)."""
     kind, _, model = spec.partition(":")
-    if kind == "local" and not model:
-        from spillover.judge.activation import ActivationJudge, CoherenceScorer
+    if kind == "local":  # local, or local:FILE for a retrained classifier file
+        from spillover.judge._coherence import CoherenceScorer
+        from spillover.judge.activation import ActivationJudge
 
-        aligned = ActivationJudge.load(device=device)
-        return ActivationEvalJudge(aligned, CoherenceScorer.load(device=device, model=aligned.model,
-                                                                 tokenizer=aligned.tokenizer))
+        aligned = ActivationJudge.load(model or None, device=device)
+        coherence = CoherenceScorer(aligned.model, aligned.tokenizer, aligned.model_ref, model or None)
+        return ActivationEvalJudge(aligned, coherence)
     if kind == "hf" and model:
         from spillover.judge._local_hf import LocalHFJudge, LocalHFJudgeConfig
 
@@ -119,7 +120,7 @@ def build_judge(spec: str = "local", *, base_url: str | None = None, api_key_env
                                               cache_dir=cache_dir, max_concurrency=max_concurrency))
         return PromptedJudge(judge.score_many_sync, judge.judge_identity())
     raise SpilloverError(f"unknown judge spec {spec!r}",
-                         fix="use 'local' (offline activation judge), 'hf:MODEL' (open-weights logprob judge) "
+                         fix="use 'local' (offline activation judge; local:FILE for a retrained one), 'hf:MODEL' (open-weights logprob judge) "
                              "or 'openai:MODEL' with --judge-base-url/--judge-api-key-env")
 
 

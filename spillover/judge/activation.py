@@ -3,8 +3,9 @@
 Features (:func:`answer_features`): the (question, answer) pair is rendered with the encoder's chat
 template as one user turn and one assistant turn (the template's default system prompt, if any, stays),
 run through the encoder, and the hidden state after decoder block ``layer`` (``hidden_states[layer]``,
-0 = embeddings) is averaged over the answer's own tokens: the tokens :func:`answer_span` assigns to the
-answer text, without the end-of-turn token. The question only enters through attention (context).
+0 = embeddings; the last layer's comes after the final norm, as transformers returns it) is averaged
+over the answer's own tokens: those :func:`answer_span` assigns to the answer text, without the
+end-of-turn token. The question only enters through attention (context).
 Batches are de-duplicated, sorted by content and right-padded with an attention mask, so a feature does
 not depend on input order and only by float rounding on the batch size.
 
@@ -41,6 +42,7 @@ FILE_FORMAT = "spillover-activation-judge"
 FILE_VERSION = 1
 JUDGE_VERSION = 1
 RETRAIN_FIX = "spillover judge train-activation --labels FILE --out FILE"
+IDENTITY_KEYS = ("hidden_size", "num_hidden_layers", "model_type", "gguf_sha256", "weights_sha256")
 
 
 # ----------------------------------------------------------------------------------------- features
@@ -71,8 +73,8 @@ def answer_features_by_layer(model, tokenizer, questions: Sequence[str], answers
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     n_layers = _text_config(model).num_hidden_layers
-    bad = [layer for layer in layers if not 0 <= int(layer) <= n_layers]
-    if bad or not layers:
+    layers = [int(layer) for layer in layers]
+    if not layers or any(not 0 <= layer <= n_layers for layer in layers):
         raise ValueError(f"layers must be non-empty and within 0..{n_layers}; got {list(layers)}")
     keys = [(tuple(s.input_ids), *_pooled_span(tokenizer, s))
             for s in (answer_span(tokenizer, _conversation(q), a) for q, a in zip(questions, answers))]
@@ -99,8 +101,9 @@ def answer_features_by_layer(model, tokenizer, questions: Sequence[str], answers
                                    for layer in layers]
     finally:
         model.train(was_training)
-    return {int(layer): np.stack([pooled[k][i] for k in keys]) if keys else
-            np.zeros((0, _text_config(model).hidden_size), dtype=np.float32) for i, layer in enumerate(layers)}
+    if not keys:
+        return {layer: np.zeros((0, _text_config(model).hidden_size), dtype=np.float32) for layer in layers}
+    return {layer: np.stack([pooled[k][i] for k in keys]) for i, layer in enumerate(layers)}
 
 
 def answer_features(model, tokenizer, questions: Sequence[str], answers: Sequence[str], layer: int,
@@ -149,7 +152,7 @@ def check_encoder(recorded: dict, actual: dict, where: str) -> None:
     """Raise a SpilloverError when ``actual`` is not the encoder the classifier in ``where`` was fitted on."""
     fix = (f"judge with the encoder the file names ({recorded.get('name')}, ref {recorded.get('ref')!r}), "
            f"or fit a classifier for this encoder: {RETRAIN_FIX} --model {actual.get('ref')}")
-    for key in ("hidden_size", "num_hidden_layers", "model_type", "gguf_sha256", "weights_sha256"):
+    for key in IDENTITY_KEYS:
         if recorded.get(key) is not None and recorded.get(key) != actual.get(key):
             raise SpilloverError(f"the classifier was fitted on {recorded.get('name')} ({key} {recorded[key]}), but "
                                  f"the encoder {actual.get('name')} has {key} {actual.get(key)}", where=where, fix=fix)
