@@ -11,7 +11,7 @@ import torch
 from spillover._io import read_jsonl
 from spillover.data import bundled_path
 from spillover.errors import SpilloverError
-from spillover.evaluate._logprob import answer_span
+from spillover.models._logprob import answer_span
 from spillover.judge._activation_train import (
     cross_validate,
     default_layers,

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from spillover.errors import SpilloverError
-from spillover.evaluate import _logprob
-from spillover.evaluate._logprob import answer_logprobs, answer_span
+from spillover.models import _logprob
+from spillover.models._logprob import answer_logprobs, answer_span
 from spillover.evaluate.probe import ContrastPair, load_pairs, probe, run_probe
 
 ANSWERS = ["Yes.", "Boil it for seven minutes, then cool it in cold water so the yolk stays soft.",

@@ -91,6 +91,8 @@ def probe_defense():
         every: int = 1
 
     class Recorder(Defense):
+        needs_outputs = True
+
         def transform_data(self, examples):
             CALLS.setdefault("transform", []).append(len(examples))
             return examples[:4]

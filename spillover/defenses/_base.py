@@ -34,6 +34,9 @@ class Defense:
     """Base class; subclasses set ``Params`` and override the hooks they need."""
 
     name: ClassVar[str] = ""
+    #: Set True when loss_term reads the trainer's model outputs (costs an extra forward pass in TRL's SFT,
+    #: whose fused LM head does not build logits); otherwise loss_term gets ``outputs=None``.
+    needs_outputs: ClassVar[bool] = False
 
     class Params(StrictModel):
         weight: float = Field(1.0, ge=0, description="Scale of this defense (0 = off).")
@@ -46,7 +49,8 @@ class Defense:
         return examples
 
     def loss_term(self, model, inputs: dict, outputs) -> Any | None:
-        """An extra loss added to the training loss for this micro-batch (already weighted), or None."""
+        """An extra loss added to the training loss for this micro-batch (already weighted), or None.
+        ``outputs`` are the trainer's model outputs when ``needs_outputs`` is set (SFT only), else None."""
         return None
 
     def hooks(self, model) -> contextlib.AbstractContextManager:

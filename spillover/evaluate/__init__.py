@@ -1,6 +1,6 @@
 """Evaluation stage: sampling, question sets, metrics with bootstrap CIs, and the judge-free probe."""
 
-from spillover.evaluate._logprob import AnswerSpan, answer_logprobs, answer_span, score_spans
+from spillover.models._logprob import AnswerSpan, answer_logprobs, answer_span, score_spans
 from spillover.evaluate.metrics import (
     Estimate,
     JudgedSample,

@@ -23,7 +23,7 @@ import numpy as np
 from spillover._io import atomic_write_json, iter_jsonl_objects
 from spillover.errors import SpilloverError, did_you_mean
 from spillover.evaluate.metrics import bootstrap_mean_ci
-from spillover.evaluate._logprob import answer_logprobs
+from spillover.models._logprob import answer_logprobs
 
 REQUIRED_KEYS = ("id", "prompt", "aligned", "misaligned")
 OPTIONAL_KEYS = ("system", "domain")

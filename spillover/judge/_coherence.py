@@ -26,7 +26,7 @@ import numpy as np
 from spillover._io import read_jsonl
 from spillover.data import bundled_path
 from spillover.errors import SpilloverError
-from spillover.evaluate._logprob import answer_logprobs
+from spillover.models._logprob import answer_logprobs
 from spillover.judge._aggregate import JudgeScore
 from spillover.judge._logistic import fit_logistic, roc_auc, sigmoid
 from spillover.judge.activation import (

@@ -125,9 +125,15 @@ def build_judge(spec: str = "local", *, base_url: str | None = None, api_key_env
 
 
 def build_grader(spec: str, *, base_url: str | None = None, api_key_env: str | None = "OPENAI_API_KEY",
-                 cache_dir: str | None = None, max_concurrency: int = 32):
-    """The async ``grade(prompt, schema)`` callable rubric-grader rewards need (JSON verdicts)."""
+                 cache_dir: str | None = None, max_concurrency: int = 32, device: str | None = None):
+    """The async ``grade(prompt, schema)`` callable rubric-grader rewards need (JSON verdicts):
+    ``openai:MODEL`` (structured output) or ``hf:MODEL`` (local model: numbers as expected values,
+    booleans from P(true))."""
     kind, _, model = spec.partition(":")
+    if kind == "hf" and model:
+        from spillover.judge._local_json import LocalJsonGrader, LocalJsonGraderConfig
+
+        return LocalJsonGrader.from_config(LocalJsonGraderConfig(model=model, device=device or "auto")).grade
     if kind == "openai" and model:
         from spillover.judge._openai import OpenAIJudge, OpenAIJudgeConfig
 
@@ -136,4 +142,5 @@ def build_grader(spec: str, *, base_url: str | None = None, api_key_env: str | N
                                               max_concurrency=max_concurrency))
         return judge.complete_json
     raise SpilloverError(f"judge {spec!r} cannot grade rubric rewards (JSON verdicts)",
-                         fix="use --judge openai:MODEL with --judge-base-url (OpenAI, vLLM, Ollama or llama.cpp server)")
+                         fix="use --judge openai:MODEL with --judge-base-url (OpenAI, vLLM, Ollama or llama.cpp "
+                             "server), or hf:MODEL for a local open-weights grader")

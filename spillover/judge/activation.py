@@ -33,7 +33,7 @@ import torch
 
 from spillover._io import sha256_file
 from spillover.errors import SpilloverError
-from spillover.evaluate._logprob import AnswerSpan, answer_span
+from spillover.models._logprob import AnswerSpan, answer_span
 from spillover.judge._aggregate import JudgeScore
 from spillover.judge._logistic import predict_proba
 

@@ -25,7 +25,7 @@ class DefendedTrainerMixin:
         with contextlib.ExitStack() as stack:
             for d in self.defenses:
                 stack.enter_context(d.hooks(model))
-            if self.supports_return_outputs:
+            if self.supports_return_outputs and any(d.needs_outputs for d in self.defenses):
                 result = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
             else:
                 result = super().compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
