@@ -43,6 +43,9 @@ def timed(fn):
 
 
 def main():
+    from spillover.cli._common import quiet_libraries
+
+    quiet_libraries()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--max-new-tokens", type=int, default=64)
