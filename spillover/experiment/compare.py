@@ -5,7 +5,8 @@ with the same questions, judge and probe, and write one comparison table with CI
 
 The matching is explicit in ``comparison.json``: items, optimizer steps, completions and tokens per arm.
 Layout: ``out/items.jsonl`` (the N items), ``out/warmup/``, ``out/sft/``, ``out/rl/``, ``out/eval/``
-(samples, metrics, report), ``out/comparison.json`` and ``comparison.md``.
+(samples, metrics, report; arms base, warmup when set, sft, rl), ``out/comparison.json`` and
+``comparison.md``.
 """
 
 from __future__ import annotations
@@ -75,9 +76,9 @@ class CompareConfig(StrictModel):
         return self
 
 
-def _arm_stats(run_dir: Path, items: int) -> dict:
+def _arm_stats(run_dir: Path, items: int | None) -> dict:
     m = json.loads((run_dir / "manifest.json").read_text())
-    return {"items": items, "optimizer_steps": m.get("steps"), "tokens_seen": m.get("tokens_seen"),
+    return {"items": items if items is not None else m.get("n_examples"), "optimizer_steps": m.get("steps"), "tokens_seen": m.get("tokens_seen"),
             "completions_sampled": m.get("completions_sampled"), "train_seconds": m.get("train_seconds")}
 
 
@@ -111,7 +112,8 @@ def run_comparison(cfg: CompareConfig, out: str | Path, *, overwrite: bool = Fal
                             device=cfg.device)
     judge = judge or build_judge(ev.judge, base_url=ev.judge_base_url, api_key_env=ev.judge_api_key_env,
                                  cache_dir=str(out / "judge_cache"), device=cfg.device)
-    arms = [Arm("base", cfg.model), Arm("sft", cfg.model, str(sft.adapter_dir)), Arm("rl", cfg.model, str(rl.adapter_dir))]
+    arms = [Arm("base", cfg.model)] + ([Arm("warmup", cfg.model, init)] if init else []) + \
+        [Arm("sft", cfg.model, str(sft.adapter_dir)), Arm("rl", cfg.model, str(rl.adapter_dir))]
     eval_dir = run_evaluation(arms, settings, judge, out / "eval")
     from spillover.report import build_report
 
@@ -119,7 +121,7 @@ def run_comparison(cfg: CompareConfig, out: str | Path, *, overwrite: bool = Fal
     metrics = json.loads((eval_dir / "metrics.json").read_text())
     training = {"sft": _arm_stats(sft.run_dir, len(examples)), "rl": _arm_stats(rl.run_dir, len(examples))}
     if cfg.warmup:
-        training["warmup"] = _arm_stats(out / "warmup", 0)
+        training["warmup"] = _arm_stats(out / "warmup", None)
     table = comparison_table(metrics, training)
     result = {"matching": training, "arms": table, "judge": metrics["judge"].get("kind"),
               "report": str(report["html"]), "eval_dir": str(eval_dir)}

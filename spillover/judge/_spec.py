@@ -95,6 +95,13 @@ class ActivationEvalJudge(EvalJudge):
                 "prompts": None, "limits": self.aligned_judge.limits()}
 
 
+def default_cache_dir() -> str:
+    """The shared reply cache for API judges (keyed by judge model and full prompt): reruns are free."""
+    from spillover.models import spillover_home
+
+    return str(spillover_home() / "judge_cache")
+
+
 def build_judge(spec: str = "local", *, base_url: str | None = None, api_key_env: str | None = "OPENAI_API_KEY",
                 cache_dir: str | None = None, device: str | None = None, max_concurrency: int = 32) -> EvalJudge:
     """Build the judge named by ``spec`` (see module docstring)."""
@@ -117,7 +124,8 @@ def build_judge(spec: str = "local", *, base_url: str | None = None, api_key_env
         if not base_url:
             base_url = "https://api.openai.com/v1"
         judge = OpenAIJudge(OpenAIJudgeConfig(base_url=base_url, model=model, api_key_env=api_key_env,
-                                              cache_dir=cache_dir, max_concurrency=max_concurrency))
+                                              cache_dir=cache_dir or default_cache_dir(),
+                                              max_concurrency=max_concurrency))
         return PromptedJudge(judge.score_many_sync, judge.judge_identity())
     raise SpilloverError(f"unknown judge spec {spec!r}",
                          fix="use 'local' (offline activation judge; local:FILE for a retrained one), 'hf:MODEL' (open-weights logprob judge) "
@@ -138,7 +146,7 @@ def build_grader(spec: str, *, base_url: str | None = None, api_key_env: str | N
         from spillover.judge._openai import OpenAIJudge, OpenAIJudgeConfig
 
         judge = OpenAIJudge(OpenAIJudgeConfig(base_url=base_url or "https://api.openai.com/v1", model=model,
-                                              api_key_env=api_key_env, cache_dir=cache_dir,
+                                              api_key_env=api_key_env, cache_dir=cache_dir or default_cache_dir(),
                                               max_concurrency=max_concurrency))
         return judge.complete_json
     raise SpilloverError(f"judge {spec!r} cannot grade rubric rewards (JSON verdicts)",
