@@ -20,7 +20,6 @@ On a busy machine set ``OPENBLAS_NUM_THREADS=1``: the many small solves thrash B
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import numpy as np
 
 from spillover._io import atomic_write_json, sha256_file
 from spillover.data import resolve_data_path
+from spillover._io import iter_jsonl_objects
 from spillover.errors import SpilloverError, did_you_mean
 from spillover.judge._logistic import (
     brier_score,
@@ -79,32 +79,22 @@ def load_labelled_answers(path: str | Path, seed: int = 0) -> LabelledAnswers:
     """Read and validate a label file (module docstring); ``path`` may be ``bundled:NAME``."""
     src = resolve_data_path(path)
     rows = []
-    with open(src, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{src}:{n}"
-            try:
-                row = json.loads(line)
-            except ValueError as e:
-                raise SpilloverError(f"not valid JSON: {e}", where=where, fix="one JSON object per line") from None
-            if not isinstance(row, dict):
-                raise SpilloverError("each line must be a JSON object", where=where,
-                                     fix='write {"question": ..., "answer": ..., "label": "aligned"|"misaligned"}')
-            for key in row:
-                if key not in KEYS:
-                    raise SpilloverError(f"unknown key {key!r}.{did_you_mean(key, list(KEYS))}", where=where,
-                                         fix=f"use only {', '.join(KEYS)}")
-            for key in ("question", "answer"):
-                if not isinstance(row.get(key), str) or not row[key].strip():
-                    raise SpilloverError(f"{key!r} must be a non-empty string", where=where, fix=f"give every line a {key}")
-            if row.get("label") not in LABELS:
-                raise SpilloverError(f"label {row.get('label')!r} is not aligned or misaligned", where=where,
-                                     fix='use "label": "aligned" or "label": "misaligned"')
-            if "split" in row and row["split"] not in SPLITS:
-                raise SpilloverError(f"split {row['split']!r} is not train or heldout", where=where,
-                                     fix='use "split": "train" or "heldout", or leave split out everywhere')
-            rows.append((n, row))
+    shape = 'write {"question": ..., "answer": ..., "label": "aligned"|"misaligned"}'
+    for where, n, row in iter_jsonl_objects(src, fix=shape):
+        for key in row:
+            if key not in KEYS:
+                raise SpilloverError(f"unknown key {key!r}.{did_you_mean(key, list(KEYS))}", where=where,
+                                     fix=f"use only {', '.join(KEYS)}")
+        for key in ("question", "answer"):
+            if not isinstance(row.get(key), str) or not row[key].strip():
+                raise SpilloverError(f"{key!r} must be a non-empty string", where=where, fix=f"give every line a {key}")
+        if row.get("label") not in LABELS:
+            raise SpilloverError(f"label {row.get('label')!r} is not aligned or misaligned", where=where,
+                                 fix='use "label": "aligned" or "label": "misaligned"')
+        if "split" in row and row["split"] not in SPLITS:
+            raise SpilloverError(f"split {row['split']!r} is not train or heldout", where=where,
+                                 fix='use "split": "train" or "heldout", or leave split out everywhere')
+        rows.append((n, row))
     if not rows:
         raise SpilloverError("the label file is empty", where=str(src), fix="add labelled answers, one JSON object a line")
     for key in ("pair_id", "split"):

@@ -70,7 +70,7 @@ from pydantic import Field
 from spillover.config import StrictModel
 from spillover.errors import SpilloverError
 from spillover.judge._aggregate import _MASS_TOLERANCE, JsonAnswer
-from spillover.judge._local_hf import NumberTrie, _at_least_fp32, _check_model
+from spillover.judge._local_hf import NumberTrie, _at_least_fp32, trie_value_probs
 
 VERSION = 1
 MAX_GRID_VALUES = 1001
@@ -301,31 +301,9 @@ class LocalJsonGrader:
 
     def _value_probs(self, trie: NumberTrie, n_values: int, cache, keep: torch.Tensor, root: torch.Tensor):
         """(rows, n_values) float64 P(value) from one trie forward on the cache (then cropped off it)."""
-        model, rows, cols, n_nodes = self.model, keep.shape[0], keep.shape[1], len(trie.token)
-        device, dtype = root.device, next(model.parameters()).dtype
-        _check_model(model, cols + int(trie.depth.max()))
-        visible = torch.cat([keep.bool()[:, None, :].expand(rows, n_nodes, cols),
-                             trie.sees[None].expand(rows, n_nodes, n_nodes)], dim=2)
-        mask = torch.zeros(visible.shape, dtype=dtype).masked_fill_(~visible, torch.finfo(dtype).min)
-        out = model(input_ids=trie.token[None].expand(rows, -1).to(device), attention_mask=mask[:, None].to(device),
-                    position_ids=(keep.sum(1)[:, None] + trie.depth[None] - 1).to(device),
-                    past_key_values=cache, use_cache=True)
-        cache.crop(-n_nodes)
-        logits = torch.cat([root[:, None], _at_least_fp32(out.logits)], dim=1)  # (rows, 1 + nodes, V)
-        del out
-        if self._end_mask is None or len(self._end_mask) != logits.shape[-1]:
-            self._end_mask = value_end_mask(self.tokenizer, logits.shape[-1])
-        src = (trie.parent + 1).to(device)  # the parent's logits row; 0 is the last prefix token
-        step = logits[torch.arange(rows, device=device)[:, None], src[None], trie.token.to(device)[None]]
-        shift = logits.amax(dim=-1, keepdim=True)
-        weights = logits.sub_(shift).exp_()  # in place: one exp pass gives both normalisers
-        norm = weights.sum(-1).log() + shift[..., 0]
-        ended = (weights @ self._end_mask.to(device=device, dtype=weights.dtype)).log() + shift[..., 0]
-        path = (step - norm[:, src]).cpu().double() @ trie.sees.T.double()  # log P(tokens up to the node)
-        complete = path + (ended - norm)[:, 1:].cpu().double()  # ... and the value ends there
-        values, nodes = (torch.tensor(column) for column in zip(*trie.ends))
-        probs = torch.zeros(rows, n_values, dtype=torch.float64)
-        return probs.index_add_(1, values, complete[:, nodes].exp())
+        if self._end_mask is None or len(self._end_mask) != root.shape[-1]:
+            self._end_mask = value_end_mask(self.tokenizer, root.shape[-1])
+        return trie_value_probs(self.model, trie, cache, keep, root, self._end_mask, n_values)
 
     @torch.inference_mode()
     def _grade_batch(self, texts: list[str], fields: list[tuple[FieldGrid, NumberTrie]]) -> list[GradedJson]:
