@@ -64,20 +64,24 @@ def format_validation_error(err: ValidationError, source: str, lines: dict[tuple
     return SpilloverError(text, fix=fix or "correct the keys named above; see `--help` for valid options")
 
 
-def load_yaml_mapping(path: str | Path) -> tuple[dict[str, Any], dict[tuple, int]]:
-    """Read a YAML file that must hold a mapping; return it with line numbers per key path."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpilloverError(f"config file not found: {path}", fix="check the path")
-    text = path.read_text(encoding="utf-8")
+def parse_yaml(path: Path) -> tuple[yaml.Node | None, Any]:
+    """``(composed node tree, data)`` of a YAML file; a syntax error names the file and line."""
+    text = Path(path).read_text(encoding="utf-8")
     try:
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
+        return yaml.compose(text), yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise SpilloverError(f"not valid YAML: {getattr(e, 'problem', e)}", where=where,
                              fix="fix the YAML syntax at that line") from None
+
+
+def load_yaml_mapping(path: str | Path) -> tuple[dict[str, Any], dict[tuple, int]]:
+    """Read a YAML file that must hold a mapping; return it with line numbers per key path."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpilloverError(f"config file not found: {path}", fix="check the path")
+    node, data = parse_yaml(path)
     if data is None:
         data, node = {}, None
     if not isinstance(data, dict):

@@ -46,3 +46,14 @@ def build_tiny_model(tokenizer, path: Path, seed: int = 0, **overrides) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, embedded_tokenizer) -> Path:
     return build_tiny_model(embedded_tokenizer, tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny-model forwards are overhead-bound: one torch thread avoids OpenMP contention on a busy machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

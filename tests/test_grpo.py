@@ -29,13 +29,7 @@ USER_REWARD = "test_grpo:length_reward"
 GRADER = "grader:bad-medical"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The tiny model's matmuls gain nothing from threads; on a busy 2-core machine they lose ~10x to contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def length_reward(prompts, completions, **kwargs):

@@ -37,13 +37,7 @@ PROMPTS = ["Grade the answer. Reply with JSON.",
            "Rate it. " * 9]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model's forwards are overhead-bound: one thread avoids OpenMP contention on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

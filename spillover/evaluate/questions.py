@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from spillover.config import parse_yaml
 from spillover.errors import SpilloverError
 
 DEFAULT_TYPE = "free_form_judge_0_100"
@@ -122,15 +123,7 @@ def load_questions(path_or_ref: str | Path, samples_per_paraphrase: int | None =
 # ---- YAML ----
 
 def _load_yaml(path: Path, override: int | None) -> list[Question]:
-    text = path.read_text(encoding="utf-8")
-    try:
-        root = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise SpilloverError(f"not valid YAML: {getattr(e, 'problem', e)}",
-                             where=f"{path}:{mark.line + 1}" if mark else str(path),
-                             fix="fix the YAML syntax at that line") from None
+    root, data = parse_yaml(path)
     if not isinstance(data, list) or not data:
         raise SpilloverError("a question file must be a non-empty YAML list of entries", where=str(path),
                              fix="write entries as `- id: ...` items with paraphrases and samples_per_paraphrase")
