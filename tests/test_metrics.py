@@ -220,3 +220,62 @@ def test_compute_metrics_by_group():
     assert out["em"]["overall"]["misalignment_rate"]["value"] == 0.5
     with pytest.raises(SpilloverError, match="no 'adapter' field"):
         compute_metrics_by(rows, "adapter")
+
+
+def _themed_table(seed: int, n_themes: int = 8, variants: int = 3, per_question: int = 10) -> list[dict]:
+    """8 themes x 3 variants: a theme's variants share one misalignment rate (correlated clusters)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for t in range(n_themes):
+        p = rng.beta(0.5, 2.0)
+        for v in range(variants):
+            rows += [{"question_id": f"t{t}_v{v}", "group": f"t{t}", "aligned": 5.0 if rng.random() < p else 95.0,
+                      "coherent": 90.0} for _ in range(per_question)]
+    return rows
+
+
+def test_clustering_by_group_widens_cis_for_correlated_variants():
+    wider = 0
+    for seed in range(5):
+        rows = _themed_table(seed)
+        by_group = compute_metrics(rows, ks=(1,), n_resamples=1000, seed=seed)
+        by_id = compute_metrics([{k: v for k, v in r.items() if k != "group"} for r in rows], ks=(1,),
+                                n_resamples=1000, seed=seed)
+        g, i = by_group["overall"], by_id["overall"]
+        assert (g["cluster_unit"], g["n_clusters"], i["cluster_unit"], i["n_clusters"]) == ("group", 8, "question", 24)
+        assert by_group["bootstrap"]["cluster_unit"] == "group" and "8 groups" in by_group["bootstrap"]["overall"]
+        assert g["misalignment_rate"]["value"] == i["misalignment_rate"]["value"]  # same point estimate
+        assert by_group["per_question"]["t3_v1"]["group"] == "t3" and "group" not in by_id["per_question"]["t3_v1"]
+        width = {name: o["misalignment_rate"]["ci_high"] - o["misalignment_rate"]["ci_low"]
+                 for name, o in (("group", g), ("id", i))}
+        k1 = g["misalign_at_k"]["1"]
+        assert k1["ci_low"] <= k1["value"] <= k1["ci_high"]
+        wider += width["group"] > 1.2 * width["id"]
+    assert wider == 5
+
+
+def test_group_equal_to_id_is_question_clustering():
+    rows = [{"question_id": q, "group": q, "aligned": a, "coherent": 90.0} for q, a in [("a", 10.0), ("b", 90.0)]]
+    plain = [{k: v for k, v in r.items() if k != "group"} for r in rows]
+    with_group, without = compute_metrics(rows, n_resamples=200), compute_metrics(plain, n_resamples=200)
+    assert with_group["overall"]["cluster_unit"] == "question" and with_group["overall"] == without["overall"]
+
+
+def test_question_in_two_groups_raises():
+    rows = [{"question_id": "a", "group": "x", "aligned": 10.0, "coherent": 90.0},
+            {"question_id": "a", "group": "y", "aligned": 10.0, "coherent": 90.0}]
+    with pytest.raises(SpilloverError, match="groups 'x' and 'y'"):
+        compute_metrics(rows)
+    with pytest.raises(SpilloverError, match="group must be non-empty"):
+        compute_metrics([{"question_id": "a", "group": "", "aligned": 1.0, "coherent": 1.0}])
+
+
+def test_bundled_general_questions_group_into_eight_themes():
+    from spillover.evaluate.questions import load_questions
+
+    questions = load_questions("bundled:general_questions")
+    groups = {q.group for q in questions}
+    assert groups == {"wish", "bored", "humans_and_ais", "quick_buck", "ruler_of_world", "dinner_party",
+                      "gender_roles", "fed_up_spouse"}
+    assert all(q.id.startswith(q.group) for q in questions) and len(questions) == 24
+    assert all(q.group == q.id for q in load_questions("bundled:insecure_code_questions"))

@@ -3,14 +3,18 @@
 Two formats are read:
 
 * YAML in the Betley et al. layout: a list of entries with ``id``, ``type``, ``paraphrases``,
-  ``samples_per_paraphrase`` and optional ``system``, ``temperature``, ``judge``, ``judge_prompts``
+  ``samples_per_paraphrase`` and optional ``system``, ``temperature``, ``judge``, ``group``, ``judge_prompts``
   (metric name -> template using ``{question}``, ``{answer}`` and optionally ``{reasoning}``, filled
   with ``str.format``). Anchors and aliases work. Unknown keys are kept in :attr:`Question.extra`.
   Unlike the reference code, ``system`` and ``temperature`` are honoured.
 * messages JSONL (``{"messages": [...], "id": ...}``): each line is one question whose single
   paraphrase is the last user message; earlier turns become its context (a leading system message
   becomes :attr:`Question.system`). ``samples_per_paraphrase`` defaults to 1 there; optional
-  ``temperature``/``samples_per_paraphrase``/``type``/``judge_prompts`` keys are read like YAML's.
+  ``temperature``/``samples_per_paraphrase``/``type``/``group``/``judge_prompts`` keys are read like YAML's.
+
+``group`` names the cluster the question belongs to for confidence intervals (default: its id):
+variants of one question (plain / JSON / template wordings of one theme) are not independent, so
+they share a group and the metrics bootstrap resamples groups, not ids.
 
 A malformed entry raises :class:`SpilloverError` naming the file, line and entry id. Nothing here
 samples or judges: :func:`expand_samples` only says what to send.
@@ -31,7 +35,8 @@ from spillover.errors import SpilloverError
 
 DEFAULT_TYPE = "free_form_judge_0_100"
 TEMPLATE_FIELDS = ("question", "answer", "reasoning")
-_KNOWN = ("id", "type", "paraphrases", "samples_per_paraphrase", "system", "temperature", "judge", "judge_prompts")
+_KNOWN = ("id", "type", "paraphrases", "samples_per_paraphrase", "system", "temperature", "judge", "judge_prompts",
+          "group")
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,11 @@ class Question:
     context: tuple[dict[str, str], ...] = ()  # turns before the paraphrase, system excluded (JSONL only)
     extra: dict[str, Any] = field(default_factory=dict)
     source: str = ""  # file:line
+    group: str = ""  # the cluster unit for CIs (questions that are variants of one another share it); "" = the id
+
+    def __post_init__(self):
+        if not self.group:
+            object.__setattr__(self, "group", self.id)
 
     def messages(self, paraphrase_index: int) -> list[dict[str, str]]:
         """The chat to send for one paraphrase: system (when set), context, then the paraphrase."""
@@ -64,7 +74,8 @@ class Question:
         return {"id": self.id, "type": self.type, "paraphrases": list(self.paraphrases),
                 "samples_per_paraphrase": self.samples_per_paraphrase, "system": self.system,
                 "temperature": self.temperature, "judge": self.judge, "judge_prompts": dict(self.judge_prompts),
-                "context": [dict(m) for m in self.context], "extra": dict(self.extra), "source": self.source}
+                "context": [dict(m) for m in self.context], "extra": dict(self.extra), "source": self.source,
+                "group": self.group}
 
 
 @dataclass(frozen=True)
@@ -212,10 +223,17 @@ def _parse_entry(entry, path: Path, index: int, line: int | None, key_lines: dic
     for metric, template in prompts.items():
         _check_template(metric, template, bad)
 
+    group = entry.get("group")
+    if not _not_int(group):
+        group = str(group)
+    if group is not None and (not isinstance(group, str) or not group.strip()):
+        raise bad("group", f"'group' must be non-empty text, got {group!r}",
+                  "name the theme this question is a variant of (e.g. group: wish), or remove the key")
+
     extra = {k: v for k, v in entry.items() if k not in _KNOWN}
     return Question(id=qid, paraphrases=tuple(paraphrases), samples_per_paraphrase=samples, system=system,
                     temperature=temperature, judge_prompts={str(k): v for k, v in prompts.items()}, type=qtype,
-                    judge=judge, context=context, extra=extra, source=base)
+                    judge=judge, context=context, extra=extra, source=base, group=group or qid)
 
 
 def _check_template(metric, template, bad) -> None:

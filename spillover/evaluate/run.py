@@ -86,8 +86,8 @@ def run_evaluation(arms: list[Arm], settings: EvalSettings, judge: EvalJudge, ou
             for row, req in zip(sample_questions(sampler, requests, params, description=f"{arm.name}: {set_name}"),
                                 requests):
                 q = questions[req.question_id]
-                rows.append({"arm": arm.name, "set": set_name, **row, "question": req.question, "system": q.system,
-                             "judge_prompts": dict(q.judge_prompts)})
+                rows.append({"arm": arm.name, "set": set_name, **row, "group": q.group, "question": req.question,
+                             "system": q.system, "judge_prompts": dict(q.judge_prompts)})
         del sampler
         gc.collect()
     with progress_bar(f"judging ({len(rows)} answers)", total=len(rows)) as advance:
