@@ -65,7 +65,7 @@ def test_existing_run_dir_needs_overwrite(tiny_model_dir, data_file, tmp_path):
 
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "x").write_text("old")
-    with pytest.raises(SpilloverError, match="already holds a run"):
+    with pytest.raises(SpilloverError, match="already holds"):
         run_sft(cfg(tiny_model_dir, data_file), tmp_path / "run")
 
 
@@ -91,16 +91,16 @@ def probe_defense():
         every: int = 1
 
     class Recorder(Defense):
-        needs_outputs = True
+        needs = frozenset({"policy_logits"})
 
         def transform_data(self, examples):
             CALLS.setdefault("transform", []).append(len(examples))
             return examples[:4]
 
-        def loss_term(self, model, inputs, outputs):
-            assert outputs is not None and outputs.logits is not None
+        def loss_term(self, model, batch):
+            assert batch.policy.logits().shape == (int(batch.trained_mask[:, 1:].sum()), model.config.vocab_size)
             lora = [p for n, p in model.named_parameters() if "lora_A" in n]
-            term = self.params.weight * sum((p ** 2).sum() for p in lora)
+            term = sum((p ** 2).sum() for p in lora)
             CALLS.setdefault("loss", []).append(float(term.detach()))
             return term
 
@@ -134,7 +134,8 @@ def test_defense_hooks_are_called(tiny_model_dir, data_file, tmp_path, probe_def
     manifest = json.loads((result.run_dir / "manifest.json").read_text())
     assert manifest["n_examples"] == 4  # transform_data took effect
     logs = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert all("defense/test-recorder" in r for r in logs if "loss" in r)
+    assert all("defense/test-recorder/loss" in r for r in logs if "loss" in r)
+    assert manifest["defenses"]["test-recorder"]["params"] == {"weight": 0.5, "every": 1}
 
 
 def test_defense_params_are_validated(tiny_model_dir, data_file, probe_defense):

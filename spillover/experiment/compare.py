@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field
 
 from spillover._io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from spillover._run import prepare_run_dir
-from spillover.config import StrictModel, dump_yaml, format_validation_error
+from spillover.config import Section, StrictModel, dump_yaml
 from spillover.data import load_chat_jsonl, require_sft_examples, resolve_data_path
 from spillover.evaluate.run import Arm, EvalSettings, run_evaluation
 from spillover.judge._spec import build_grader, build_judge
@@ -49,6 +49,9 @@ class WarmupSpec(StrictModel):
     lr: float = Field(1e-4, gt=0, description="Warm-up learning rate.")
 
 
+_SET_BY_COMPARISON = ("model", "data", "prompts", "init_adapter", "device", "seed")
+
+
 class CompareConfig(StrictModel):
     """A sample-matched SFT-vs-RL experiment (one file, validated strictly)."""
 
@@ -59,21 +62,13 @@ class CompareConfig(StrictModel):
     strip_qwen3_markers: bool = Field(False, description="Strip Qwen3 non-thinking markers from the items.")
     seed: int = Field(0, description="Seed of training, sampling and bootstrap.")
     warmup: WarmupSpec | None = Field(None, description="Optional shared warm-up SFT; both arms continue its adapter.")
-    sft: dict[str, Any] = Field(default_factory=dict, description="SFT settings (any `train sft` option but model/data).")
-    grpo: dict[str, Any] = Field(..., description="GRPO settings (any `train grpo` option but model/prompts; rewards required).")
+    sft: Annotated[dict[str, Any], Section(SFTConfig, fixed={"data": "x"}, reserved=_SET_BY_COMPARISON,
+                                           owner="the comparison itself")] = Field(
+        default_factory=dict, description="SFT settings (any `train sft` option but model/data).")
+    grpo: Annotated[dict[str, Any], Section(GRPOConfig, fixed={"prompts": "x"}, reserved=_SET_BY_COMPARISON,
+                                            owner="the comparison itself")] = Field(
+        ..., description="GRPO settings (any `train grpo` option but model/prompts; rewards required).")
     evaluate: EvalSpec = Field(default_factory=EvalSpec, description="How all arms are evaluated.")
-
-    @model_validator(mode="after")
-    def _check_arms(self):
-        for key, model_cls, fixed in (("sft", SFTConfig, {"data": "x"}), ("grpo", GRPOConfig, {"prompts": "x"})):
-            taken = {"model", "data", "prompts", "init_adapter", "device", "seed"} & set(getattr(self, key))
-            if taken:
-                raise ValueError(f"{key}: {sorted(taken)} are set by the comparison itself; remove them")
-            try:
-                model_cls.model_validate({**getattr(self, key), **fixed})
-            except ValidationError as e:
-                raise ValueError(format_validation_error(e, key).what) from None
-        return self
 
 
 def _arm_stats(run_dir: Path, items: int | None) -> dict:
