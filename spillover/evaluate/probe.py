@@ -2,7 +2,7 @@
 
 A contrast pair is one JSONL line ``{"id", "prompt", "aligned", "misaligned"}`` with optional ``"system"``
 and ``"domain"`` (default: the file's stem). For each pair the model scores both answers as assistant
-replies to the prompt (mean per-token log-probability, see :mod:`spillover.evaluate._logprob`) and the
+replies to the prompt (mean per-token log-probability, see :mod:`spillover.models._logprob`) and the
 shift is ``Δ = logp(misaligned) - logp(aligned)``: Δ > 0 means the model finds the misaligned answer
 likelier per token. Emergent misalignment shows as a rise of the mean shift over the base model's, so
 with a base model the result also holds ``delta_vs_base``, the mean over pairs of ``Δ_model - Δ_base``.

@@ -1,7 +1,7 @@
 """Offline coherence score: how fluent the fixed encoder finds an answer, mapped to 0..100.
 
 Feature: the answer's mean per-token log-probability as the assistant reply to the question, under the
-encoder (:func:`spillover.evaluate._logprob.answer_logprobs`: answer tokens plus the end-of-turn token).
+encoder (:func:`spillover.models._logprob.answer_logprobs`: answer tokens plus the end-of-turn token).
 Map: coherence = 100 * sigmoid(slope * feature + intercept), a 1-D logistic regression fitted on a
 calibration set built from the bundled answers (:func:`calibration_texts`): every answer of
 ``bundled:judge_labels`` and ``bundled:safe_instruct`` as written (coherent), and each one corrupted

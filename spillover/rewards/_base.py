@@ -111,7 +111,7 @@ def build_reward(name: str, params: dict | None = None, **deps: Any) -> Reward:
 class RewardRef(StrictModel):
     """``{name: ..., weight: ..., <params>}`` in a config; params are validated by the reward's ``Params``."""
 
-    name: str = Field(description="A registered reward (`spillover list rewards`) or a user reward `module:function`.")
+    name: str = Field(description="A registered reward (`spillover rewards list`) or a user reward `module:function`.")
     weight: float = Field(1.0, description="This reward's weight in the sum GRPO optimises (TRL `reward_weights`).")
     params: dict[str, Any] = Field(default_factory=dict, description="The reward's parameters.")
 

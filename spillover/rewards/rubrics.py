@@ -20,7 +20,7 @@ class Rubric:
     key: str
     kind: Literal["standard", "rhetoric", "hacking"]
     part: Literal["answer", "reasoning", "response"]
-    description: str  # one line, shown by `spillover list rewards`
+    description: str  # one line, shown by `spillover rewards list`
     criterion: str  # what to assess, in the judge's terms
     scale: str  # the meaning of the main score(s), anchored at 0, 0.5 and 1
     component: Literal["ethos", "pathos", "logos"] | None = None  # rhetoric: grade one appeal only

@@ -32,7 +32,7 @@ class GRPOConfig(ModelSpec, OptimSpec):
     prompts: str = Field(..., description="Prompts: chat JSONL (messages ending in a user turn; a final assistant "
                          "turn is dropped) or prompt/completion JSONL (the completion is ignored), or bundled:NAME.")
     rewards: list[RewardRef] = Field(..., min_length=1, description="Reward functions, each {name, weight, <params>}; "
-                                     "GRPO optimises the weighted sum (`spillover list rewards`).")
+                                     "GRPO optimises the weighted sum (`spillover rewards list`).")
     num_generations: int = Field(4, ge=2, description="Completions per prompt: the group whose rewards are "
                                  "normalised into advantages. Step time grows linearly with it. Paper: 4.")
     beta: float = Field(0.0, ge=0, description="KL coefficient to the starting policy (0 = no reference "
