@@ -162,9 +162,9 @@ def recorder_defense():
             CALLS.setdefault("transform", []).append([type(e).__name__ for e in examples])
             return examples[:2]
 
-        def loss_term(self, model, inputs, outputs):
-            CALLS.setdefault("inputs", []).append(sorted(inputs))
-            return self.params.weight * sum((p ** 2).sum() for n, p in model.named_parameters() if "lora_A" in n)
+        def loss_term(self, model, batch):
+            CALLS.setdefault("inputs", []).append(sorted(batch))
+            return sum((p ** 2).sum() for n, p in model.named_parameters() if "lora_A" in n)
 
         def after_step(self, model, step):
             CALLS.setdefault("steps", []).append(step)
@@ -181,7 +181,7 @@ def test_defenses_plug_into_grpo(tiny_model_dir, prompts_file, tmp_path, recorde
     assert "completion_ids" in CALLS["inputs"][0] and "advantages" in CALLS["inputs"][0]
     assert json.loads((result.run_dir / "manifest.json").read_text())["n_prompts"] == 2
     step = [r for r in read_jsonl(result.run_dir / "metrics.jsonl") if "loss" in r][0]
-    assert step["defense/test-grpo-recorder"] > 0
+    assert step["defense/test-grpo-recorder/loss"] > 0
 
 
 def test_defense_term_is_invariant_to_gradient_accumulation(tiny_model_dir, prompts_file, tmp_path, recorder_defense):

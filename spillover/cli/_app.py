@@ -393,3 +393,9 @@ def judge_train_activation(
 
     metrics = train_activation_judge(resolve_data_path(labels), out, model_ref=model, seed=seed)
     typer.echo(json.dumps(metrics, indent=2, default=str))
+
+
+# ---------------------------------------------------------------- defenses
+from spillover.cli._defenses import defenses_app  # noqa: E402
+
+app.add_typer(defenses_app, name="defenses")

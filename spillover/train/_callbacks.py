@@ -56,11 +56,13 @@ class MetricsLog(TrainerCallback):
 
 
 class DefenseSteps(TrainerCallback):
-    """Calls each defense's ``after_step`` after every optimizer step."""
+    """Calls each defense's ``after_step`` after every optimizer step; one returning True stops training
+    (early stopping)."""
 
     def __init__(self, defenses):
         self.defenses = defenses
 
     def on_step_end(self, args, state, control, model=None, **kw):
         for d in self.defenses:
-            d.after_step(model, state.global_step)
+            if d.after_step(model, state.global_step):
+                control.should_training_stop = True

@@ -31,11 +31,11 @@ from spillover._io import atomic_write_text, sha256_file, sha256_json
 from spillover._run import environment_info, now_iso, prepare_run_dir, update_manifest
 from spillover.config import dump_yaml
 from spillover.data import ChatExample, load_chat_jsonl, require_prompts, resolve_data_path
-from spillover.defenses import TrainContext, build_defenses
+from spillover.defenses import SOURCE_COLUMN, TASK_SOURCE
 from spillover.errors import SpilloverError
 from spillover.models import pick_device, pick_dtype
 from spillover.rewards import Reward, RubricGrader, completion_text, prompt_text, run_sync, split_reasoning
-from spillover.train._defended import DefendedTrainerMixin
+from spillover.train._defended import DefendedTrainerMixin, defense_records, setup_defenses
 from spillover.train._grpo_config import GRPOConfig
 from spillover.train.sft import TrainResult, _trl_args, finish_trainer_setup, prepare_policy, train_and_save
 
@@ -126,11 +126,48 @@ def build_rewards(cfg: GRPOConfig, grade=None) -> list[ScoredReward]:
     return [ScoredReward(r) for r in rewards]
 
 
+class RoutedReward:
+    """Scores only the completions whose prompt came from ``source`` (``spillover_source`` column) and
+    returns None for the others (TRL then leaves them to the other reward functions). Task rewards are
+    routed to "task" rows, a defense's reward to its own extra prompts."""
+
+    def __init__(self, reward, source: str, name: str | None = None):
+        self.reward, self.source = reward, source
+        self.__name__ = name or getattr(reward, "__name__", type(reward).__name__)
+        self.last_details: list[dict] = []
+
+    def __call__(self, prompts, completions, **kwargs) -> list[float | None]:
+        n = len(completions)
+        sources = kwargs.get(SOURCE_COLUMN) or [TASK_SOURCE] * n
+        idx = [i for i, s in enumerate(sources) if s == self.source]
+        out: list[float | None] = [None] * n
+        self.last_details = [{} for _ in range(n)]
+        if not idx:
+            return out
+        pick = lambda v: [v[i] for i in idx] if isinstance(v, list) and len(v) == n else v  # noqa: E731
+        sub = self.reward(pick(prompts), pick(completions), **{k: pick(v) for k, v in kwargs.items()})
+        details = getattr(self.reward, "last_details", None) or [{} for _ in idx]
+        for j, i in enumerate(idx):
+            out[i] = sub[j]
+            self.last_details[i] = details[j] if j < len(details) else {}
+        return out
+
+
+class DefenseReward:
+    """A defense's own reward (:meth:`~spillover.defenses.Defense.reward`) as TRL calls it."""
+
+    def __init__(self, defense):
+        self.defense, self.__name__ = defense, f"defense/{defense.name}"
+
+    def __call__(self, prompts, completions, **kwargs):
+        return self.defense.reward(prompts, completions, **kwargs)
+
+
 # ---------------------------------------------------------------- trainer
 class _GRPOTrainer(DefendedTrainerMixin, GRPOTrainer):
     """TRL's GRPOTrainer with spillover's defense hooks, generation timing and completions.jsonl."""
 
-    supports_return_outputs = False
+    method = "grpo"
     completions_path: Path | None = None
     completions_every = 0
     completions_samples = 4
@@ -138,8 +175,16 @@ class _GRPOTrainer(DefendedTrainerMixin, GRPOTrainer):
 
     def _generate(self, prompts):
         t0 = time.perf_counter()
-        out = super()._generate(prompts)
+        with self.rollout_context(self.model):
+            out = super()._generate(prompts)
         self._metrics["train" if self.model.training else "eval"]["time/generation_s"].append(time.perf_counter() - t0)
+        return out
+
+    def _generate_and_score_completions(self, inputs):
+        out = super()._generate_and_score_completions(inputs)
+        self._last_sources = [x.get(SOURCE_COLUMN, TASK_SOURCE) for x in inputs]
+        if any(SOURCE_COLUMN in x for x in inputs):
+            out[SOURCE_COLUMN] = list(self._last_sources)
         return out
 
     def log(self, logs, *args, **kwargs):
@@ -155,6 +200,7 @@ class _GRPOTrainer(DefendedTrainerMixin, GRPOTrainer):
         prompts, completions = list(self._logs["prompt"]), list(self._logs["completion"])
         advantages = list(self._logs["advantages"])
         names, weights = self.reward_func_names, self.reward_weights.tolist()
+        sources = getattr(self, "_last_sources", None)
         rows = []
         for i in range(min(self.completions_samples, len(completions))):
             text = completion_text(completions[i])
@@ -169,7 +215,8 @@ class _GRPOTrainer(DefendedTrainerMixin, GRPOTrainer):
             rows.append({"step": step, "index": i, "prompt": prompt_text(prompts[i]), "completion": text,
                          "reasoning": reasoning, "answer": answer, "reward": total,
                          "advantage": advantages[i] if i < len(advantages) else None,
-                         "rewards": per_fn, "details": details})
+                         "rewards": per_fn, "details": details,
+                         "source": sources[i] if sources and i < len(sources) else TASK_SOURCE})
         return rows
 
     def _write_completions(self, step: int) -> None:
@@ -190,7 +237,8 @@ def build_grpo_trainer(cfg: GRPOConfig, model, tokenizer, rows: list[dict], rewa
     args = TRLGRPOConfig(**_trl_args(cfg, output_dir, device, pick_dtype(cfg.dtype, device)),
                          num_generations=cfg.num_generations, beta=cfg.beta, loss_type=cfg.loss_type,
                          temperature=cfg.temperature, top_p=cfg.top_p, max_completion_length=cfg.max_completion_length,
-                         reward_weights=[r.weight for r in cfg.rewards], shuffle_dataset=True, log_completions=False)
+                         reward_weights=[r.weight for r in cfg.rewards] + [1.0] * (len(rewards) - len(cfg.rewards)),
+                         shuffle_dataset=True, log_completions=False)
     trainer = _GRPOTrainer(model=model, reward_funcs=list(rewards), args=args, train_dataset=Dataset.from_list(rows),
                            processing_class=tokenizer)
     trainer._init_defenses(defenses)
@@ -218,11 +266,22 @@ def run_grpo(cfg: GRPOConfig, out: str | Path, *, overwrite: bool = False, grade
     examples = load_grpo_prompts(prompts_path, strip_qwen3=cfg.strip_qwen3_markers)
     rewards = build_rewards(cfg, grade)
     model, tok, ref = prepare_policy(cfg)
-    defenses = build_defenses(cfg.defenses, TrainContext(tokenizer=tok, base_model=cfg.model, method="grpo", seed=cfg.seed))
+    defenses = setup_defenses(cfg, model, tok, "grpo")
     for d in defenses:
         examples = d.transform_data(examples)
     require_prompts(examples)
+    extra = [(d, d.extra_prompts(examples)) for d in defenses]
+    extra = [(d, exs) for d, exs in extra if exs]
+    for d, exs in extra:
+        require_prompts(exs)
     rows = [{"prompt": with_system_prompt(ex.messages, cfg.system_prompt)} for ex in examples]
+    if extra:  # mixed streams: every row says where it came from, each reward scores its own rows
+        rows = [{**r, SOURCE_COLUMN: TASK_SOURCE} for r in rows]
+        rows += [{"prompt": with_system_prompt(ex.messages, cfg.system_prompt), SOURCE_COLUMN: d.name}
+                 for d, exs in extra for ex in exs]
+        rewards = [RoutedReward(r, TASK_SOURCE) for r in rewards] + \
+                  [RoutedReward(DefenseReward(d), d.name) for d, _ in extra]
+        examples = examples + [ex for _, exs in extra for ex in exs]
     check_prompt_lengths(examples, rows, tok, cfg.max_prompt_length)
 
     run_dir = prepare_run_dir(out, overwrite=overwrite)
@@ -231,7 +290,7 @@ def run_grpo(cfg: GRPOConfig, out: str | Path, *, overwrite: bool = False, grade
                     model_path=ref.path, data=str(prompts_path), data_file_sha256=sha256_file(prompts_path),
                     data_fingerprint=sha256_json(rows), n_prompts=len(rows),
                     rewards=[r.model_dump(mode="json") for r in cfg.rewards], judge=_judge_identity(grade),
-                    env=environment_info())
+                    env=environment_info(), **({"defenses": defense_records(defenses)} if defenses else {}))
     trainer = build_grpo_trainer(cfg, model, tok, rows, rewards, run_dir / ".trainer", defenses,
                                  run_dir / "completions.jsonl")
     finish_trainer_setup(trainer, defenses, run_dir, "GRPO")

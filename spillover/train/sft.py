@@ -22,11 +22,17 @@ from spillover._io import atomic_dir, atomic_write_text, sha256_file, sha256_jso
 from spillover._run import environment_info, now_iso, prepare_run_dir, update_manifest
 from spillover.config import dump_yaml
 from spillover.data import load_chat_jsonl, require_sft_examples, resolve_data_path, to_prompt_completion
-from spillover.defenses import TrainContext, build_defenses
+from spillover.defenses import SOURCE_COLUMN
 from spillover.models import apply_lora, load_adapter, load_model, pick_device, pick_dtype, save_adapter
 from spillover.train._callbacks import DefenseSteps, MetricsLog, RichProgress
 from spillover.train._config import SFTConfig
-from spillover.train._defended import DefendedTrainerMixin
+from spillover.train._defended import (
+    DefendedTrainerMixin,
+    defense_records,
+    rows_with_sources,
+    setup_defenses,
+    source_collator,
+)
 
 
 @dataclass
@@ -85,7 +91,14 @@ def save_run_adapter(model, run_dir: Path, cfg, model_display: str, method: str)
 
 
 class _SFTTrainer(DefendedTrainerMixin, SFTTrainer):
-    """TRL's SFTTrainer with spillover's defense hooks."""
+    """TRL's SFTTrainer with spillover's defense hooks; keeps the ``spillover_source`` column for them."""
+
+    method = "sft"
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if SOURCE_COLUMN not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, SOURCE_COLUMN]
 
 
 def build_sft_trainer(cfg: SFTConfig, model, tokenizer, rows: list[dict], output_dir: Path, defenses=()):
@@ -94,6 +107,8 @@ def build_sft_trainer(cfg: SFTConfig, model, tokenizer, rows: list[dict], output
     args = TRLSFTConfig(**_trl_args(cfg, output_dir, device, pick_dtype(cfg.dtype, device)),
                         max_length=cfg.max_length, completion_only_loss=True, packing=False, shuffle_dataset=True)
     trainer = _SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    if rows and SOURCE_COLUMN in rows[0]:
+        trainer.data_collator = source_collator(trainer.data_collator)
     trainer._init_defenses(defenses)
     return trainer
 
@@ -111,6 +126,8 @@ def train_and_save(trainer, model, defenses, run_dir: Path, cfg, model_display: 
         raise
     for d in defenses:
         d.after_train(model)
+    if defenses:
+        update_manifest(run_dir, defenses=defense_records(defenses))
     seconds = time.perf_counter() - t0
     if "ref" in getattr(model, "peft_config", {}):  # TRL's frozen copy of an initial adapter when beta > 0
         model.delete_adapter("ref")
@@ -136,14 +153,14 @@ def run_sft(cfg: SFTConfig, out: str | Path, *, overwrite: bool = False) -> Trai
     run_dir = prepare_run_dir(out, overwrite=overwrite)
     atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
     model, tok, ref = prepare_policy(cfg)
-    defenses = build_defenses(cfg.defenses, TrainContext(tokenizer=tok, base_model=cfg.model, method="sft", seed=cfg.seed))
+    defenses = setup_defenses(cfg, model, tok, "sft", run_dir)
     for d in defenses:
         examples = d.transform_data(examples)
-    rows = to_prompt_completion(examples)
+    rows = rows_with_sources(examples, lambda ex: to_prompt_completion([ex]))
     update_manifest(run_dir, kind="train", method="sft", status="running", started=now_iso(), model=ref.display,
                     model_path=ref.path, data=str(data_path), data_file_sha256=sha256_file(data_path),
                     data_fingerprint=sha256_json(rows), n_examples=len(examples), n_train_rows=len(rows),
-                    env=environment_info())
+                    env=environment_info(), **({"defenses": defense_records(defenses)} if defenses else {}))
 
     trainer = build_sft_trainer(cfg, model, tok, rows, run_dir / ".trainer", defenses)
     finish_trainer_setup(trainer, defenses, run_dir, "SFT")
