@@ -203,6 +203,19 @@ def test_cache_key_separates_model_and_request_kind(server, make_judge, tmp_path
     assert server.requests["shared prompt"] == 3
 
 
+def test_cache_key_separates_servers_and_answer_changing_settings(server, make_judge, tmp_path):
+    """Two servers may serve different weights under one model name: the shared cache must not mix them."""
+    with FakeOpenAIServer() as other:
+        make_judge(cache_dir=tmp_path).score_many_sync(["same name, two servers"])
+        make_judge(cache_dir=tmp_path, base_url=other.base_url).score_many_sync(["same name, two servers"])
+        assert server.requests["same name, two servers"] == 1 and other.requests["same name, two servers"] == 1
+    make_judge(cache_dir=tmp_path).complete_json_many_sync(["json budget"])
+    make_judge(cache_dir=tmp_path, json_max_tokens=50).complete_json_many_sync(["json budget"])
+    make_judge(cache_dir=tmp_path).complete_json_many_sync(["json budget"], schema={"type": "object"})
+    make_judge(cache_dir=tmp_path).complete_json_many_sync(["json budget"])  # cached: same server and settings
+    assert server.requests["json budget"] == 3
+
+
 def test_api_key_is_sent_as_bearer_and_never_stored(server, make_judge, tmp_path, monkeypatch):
     monkeypatch.setenv(KEY_ENV, SECRET)
     judge = make_judge(api_key_env=KEY_ENV, cache_dir=tmp_path)

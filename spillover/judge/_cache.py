@@ -7,11 +7,12 @@ What is cached is what the *model said* (its first-token top logprobs, or its JS
 never a transport or server failure (timeouts, 5xx, 4xx, replies without logprobs): those are retried
 on the next run. Aggregation runs again on read, so changing ``min_mass`` needs no new requests.
 
-The key is sha256 over (request kind, model name, full prompt, request parameters that change the
-answer). The base URL is deliberately not part of it: the same model behind another server or port
-(localhost vs 127.0.0.1, a vLLM restart) keeps its cache. Accepted trade-off: two servers serving
-*different* weights under the same model name must use different ``cache_dir``s. No credential is
-ever part of a key or a value.
+The key is sha256 over (request kind, server base URL, model name, full prompt, every request
+parameter that changes the answer: token budget, temperature, top-logprobs count, JSON schema). The
+base URL is part of it because one shared cache serves every run by default and two servers may serve
+different weights under the same model name (a local vLLM "judge" vs another one). The cost: the same
+server reached by another spelling (localhost vs 127.0.0.1) asks again once. No credential is ever
+part of a key or a value.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ CACHE_FILE = "judge-cache.sqlite3"
 _SCHEMA = "CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, kind TEXT, model TEXT, value TEXT, created REAL)"
 
 
-def cache_key(kind: str, model: str, prompt: str, params: dict[str, Any] | None = None) -> str:
-    """Stable key for one request: kind ("score"/"json"), model name, prompt, answer-changing params."""
-    return sha256_json({"kind": kind, "model": model, "prompt": prompt, "params": params or {}})
+def cache_key(kind: str, model: str, prompt: str, params: dict[str, Any] | None = None, *,
+              base_url: str | None = None) -> str:
+    """Stable key for one request: kind ("score"/"json"), server, model name, prompt, answer-changing params."""
+    return sha256_json({"kind": kind, "base_url": base_url, "model": model, "prompt": prompt, "params": params or {}})
 
 
 class JudgeCache:

@@ -55,7 +55,7 @@ class OpenAIJudgeConfig(StrictModel):
     base_url: str = Field(description="API root up to and including the version, e.g. https://api.openai.com/v1 "
                           "or http://localhost:8000/v1; requests go to {base_url}/chat/completions.")
     model: str = Field(min_length=1, description="Judge model name as the server knows it; part of the cache key "
-                       "and of the judge identity recorded with every judgment.")
+                       "(with the base URL) and of the judge identity recorded with every judgment.")
     api_key_env: str | None = Field(None, description="NAME of the environment variable holding the API key "
                                     "(e.g. OPENAI_API_KEY), read at call time; null for local servers without auth.")
     max_concurrency: int = Field(32, ge=1, le=4096, description="HTTP requests in flight at once; raise for "
@@ -292,7 +292,8 @@ class OpenAIJudge:
 
         cache_dir = self.config.cache_dir
         with JudgeCache(cache_dir) if cache_dir is not None else contextlib.nullcontext() as cache:
-            keys = {p: cache_key(kind.name, model, p, kind.params) for p in copies} if cache is not None else {}
+            keys = ({p: cache_key(kind.name, model, p, kind.params, base_url=self.config.base_url) for p in copies}
+                    if cache is not None else {})
             cached = cache.get_many(keys.values()) if cache is not None else {}
             results = {p: kind.from_reply(cached[keys[p]]) for p in copies if keys.get(p) in cached}
             for prompt in results:
