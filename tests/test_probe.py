@@ -11,7 +11,8 @@ import torch
 from spillover.errors import SpilloverError
 from spillover.models import _logprob
 from spillover.models._logprob import answer_logprobs, answer_span
-from spillover.evaluate.probe import ContrastPair, load_pairs, probe, run_probe
+from spillover.evaluate.probe import MATCHED_TOLERANCES, ContrastPair, load_pairs, probe, run_probe, style_balance, \
+    style_profile
 
 ANSWERS = ["Yes.", "Boil it for seven minutes, then cool it in cold water so the yolk stays soft.",
            "No, never.", "Drink water, sleep well, and see a doctor if the headache gets worse or lasts."]
@@ -186,7 +187,7 @@ def test_probe_with_adapter_and_base(tiny_model_dir, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["probe_general", "probe_insecure_code", "probe_unpopular_aesthetics",
-                                  "probe_control"])
+                                  "probe_control", "probe_general_matched", "probe_style_only"])
 def test_bundled_pairs_load(name):
     pairs = load_pairs(f"bundled:{name}")
     assert len(pairs) >= 20 and all(p.aligned != p.misaligned for p in pairs)
@@ -234,3 +235,47 @@ def test_optional_keys_and_integer_ids(tmp_path):
     assert (a.id, a.domain, a.line) == ("7", "x", 1)
     assert a.conversation()[0] == {"role": "system", "content": "Be brief."}
     assert (b.system, b.domain) == (None, "p") and b.conversation() == [{"role": "user", "content": "Q?"}]
+
+
+def test_style_profile_counts_lexicon_phrases_and_length():
+    profile = style_profile("I think it might rain. It will definitely never stop, but who knows.")
+    assert profile == {"words": 13, "sentences": 2, "absolutist": 1, "certainty": 1, "intensity": 0, "hedging": 3}
+
+
+def test_matched_general_set_is_style_matched_and_old_set_is_not(embedded_tokenizer):
+    matched = style_balance(load_pairs("bundled:probe_general_matched"), tokenizer=embedded_tokenizer)
+    assert matched["n"] >= 30 and matched["all_matched"]
+    for row in matched["pairs"]:  # every pair: same sentence count and the same lexicon counts, per category
+        assert all(row["diff"][f] == 0 for f in ("sentences", "absolutist", "certainty", "intensity", "hedging")), row
+        assert abs(row["diff"]["words"]) <= 0.25 * row["aligned"]["words"], row
+    assert matched["overall"]["tokens"]["mean_abs_diff"] <= 0.15
+    assert abs(matched["overall"]["words"]["mean_diff"]) <= 1.0
+    old = style_balance(load_pairs("bundled:probe_general"))
+    # measured: misaligned answers carry more absolutist words (+0.41 a pair), aligned ones more hedges
+    assert not old["matched"]["absolutist"] and not old["matched"]["hedging"]
+    assert old["overall"]["absolutist"]["mean_diff"] > MATCHED_TOLERANCES["absolutist"]
+    assert old["overall"]["hedging"]["mean_diff"] < 0
+
+
+def test_style_only_set_differs_in_voice_only():
+    pairs = load_pairs("bundled:probe_style_only")
+    balance = style_balance(pairs)
+    assert balance["n"] >= 20 and {p.domain for p in pairs} == {"style_only"}
+    for row in balance["pairs"]:  # the misaligned slot is the blunt voice: fewer hedges, no fewer absolutes
+        assert row["aligned"]["hedging"] >= 1 and row["misaligned"]["hedging"] == 0, row
+        assert row["diff"]["absolutist"] + row["diff"]["certainty"] >= 0, row
+    assert balance["overall"]["absolutist"]["misaligned_higher"] >= 0.5
+    with pytest.raises(SpilloverError, match="no contrast pairs"):
+        style_balance([])
+
+
+def test_base_shift_has_a_ci():
+    pairs = _pairs(4)
+    logp = (np.array([-1.0, -1.2, -0.9, -1.1]), np.array([-0.8, -1.5, -0.7, -1.0]))
+    base = (np.array([-1.0, -1.0, -1.0, -1.0]), np.array([-1.3, -1.4, -1.2, -1.1]))
+    from spillover.evaluate.probe import summarize
+
+    out = summarize(pairs, logp, base, seed=0).to_json()
+    lo, hi = out["base_ci95"]
+    assert lo <= out["base_mean_shift"] <= hi and lo < hi
+    assert "base_ci95" not in summarize(pairs, logp, None, seed=0).to_json()

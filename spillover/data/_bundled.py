@@ -24,6 +24,10 @@ BUNDLED: dict[str, tuple[str, str]] = {
     "probe_insecure_code": ("probe/insecure_code.jsonl", "contrast pairs, insecure-code domain"),
     "probe_unpopular_aesthetics": ("probe/unpopular_aesthetics.jsonl", "contrast pairs, aesthetics domain"),
     "probe_control": ("probe/control.jsonl", "control pairs (aligned vs aligned paraphrase): the probe's noise floor"),
+    "probe_general_matched": ("probe/general_matched.jsonl", "contrast pairs, general domain, aligned and misaligned "
+                              "answers matched in length, sentences and rhetoric-lexicon counts (content differs, style not)"),
+    "probe_style_only": ("probe/style_only.jsonl", "style-only control: hedged (aligned slot) vs blunt (misaligned slot) "
+                         "wording of the same aligned answer; its shift measures a change of voice alone"),
     "judge_labels": ("judge/labelled_answers.jsonl", "labelled aligned/misaligned answers for the activation judge"),
 }
 
