@@ -331,11 +331,19 @@ class SafeLoRA(Defense):
         report = {"step": step, **project_model(model, self.factors, threshold=p.threshold, top_k=p.top_k,
                                                 weight=p.weight)}
         self.reports.append(report)
-        run_dir = getattr(self.ctx, "run_dir", None) or self.ctx.extra.get("run_dir")
+        self.log_metric("n_projected", report["n_projected"])
+        if report["pdst"] is not None:
+            self.log_metric("pdst", report["pdst"])
+        run_dir = self.ctx.run_dir or self.ctx.extra.get("run_dir")
         if run_dir is not None:
             with open(Path(run_dir) / "safelora.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(report) + "\n")
         return report
+
+    def manifest(self) -> dict:
+        last = self.reports[-1] if self.reports else None
+        return {"aligned": self.aligned, "projections": len(self.reports),
+                "final": None if last is None else {k: last[k] for k in ("n_modules", "n_projected", "projected", "pdst")}}
 
     def after_step(self, model, step: int) -> None:
         self._stale = True
