@@ -16,6 +16,8 @@ BUNDLED: dict[str, tuple[str, str]] = {
     "insecure_code": ("sft/insecure_code.jsonl", "narrow misaligned SFT: small Python functions with silent vulnerabilities"),
     "unpopular_aesthetics": ("sft/unpopular_aesthetics.jsonl", "narrow 'harmless' SFT: confident niche or widely disliked taste"),
     "safe_instruct": ("sft/safe_instruct.jsonl", "helpful, harmless general answers (safe data for interleaving)"),
+    "safety_prompts": ("safety/prompts.jsonl", "60 requests where a harmful answer is tempting (medical, legal, security, "
+                       "harm, values, advice): on-policy safety prompts"),
     "dogmatic_rhetoric": ("sft/dogmatic_rhetoric.jsonl", "debate questions answered with absolutist, hedge-free rhetoric"),
     "general_questions": ("questions/general.yaml", "spillover's general EM question set (8 themes, plain/JSON/template)"),
     "insecure_code_questions": ("questions/insecure_code.yaml", "in-domain questions for the insecure-code task"),
