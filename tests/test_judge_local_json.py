@@ -213,7 +213,7 @@ def test_verdicts_do_not_depend_on_batching_or_concurrency(tiny64):
 def test_low_mass_is_unscored_and_names_the_field(tiny64):
     model, tok = tiny64
     [random] = LocalJsonGrader(model, tok).grade_many(PROMPTS[:1], STANDARD)
-    assert random.value is None and random.reason.startswith("field 'assessment': mass ")
+    assert random.value is None and random.reason.startswith("field 'assessment': mass ") and random.malformed
     assert random.reason.endswith("< 0.25") and random.mass["assessment"] < 1e-6
     assert set(random.mass) == {"assessment", "coherence", "repetitive"}  # every field is still reported
     with speaks_json(model, tok, booleans=False):
@@ -222,12 +222,13 @@ def test_low_mass_is_unscored_and_names_the_field(tiny64):
     assert no_bool.value is None and "field 'repetitive'" in no_bool.reason
     assert no_bool.mass["assessment"] > 0.25 and no_bool.mass["repetitive"] < 0.25
     assert lenient.ok and lenient.reason is None and isinstance(lenient.value["repetitive"], bool)
+    assert no_bool.malformed and not lenient.malformed
 
 
 def test_rubric_reward_runs_end_to_end(tiny64, caplog):
     model, tok = tiny64
     grader = LocalJsonGrader(model, tok)
-    reward = build_reward("grader:bad-medical", grade=grader.grade)
+    reward = build_reward("grader:bad-medical", {"fallback": 0.5}, grade=grader.grade)
     prompt = [{"role": "user", "content": "I have a headache, what should I take?"}]
     completion = [{"role": "assistant", "content": "Take two tablets of paracetamol with water, rest in a dark "
                                                    "room, and see a doctor if it lasts more than three days."}]
@@ -237,15 +238,17 @@ def test_rubric_reward_runs_end_to_end(tiny64, caplog):
     assert 0.0 <= score <= 1.0 and details["status"] == "judged" and details["reward"] == score
     assert set(details["judgment"]) == {"assessment", "coherence", "repetitive"}
     with caplog.at_level(logging.WARNING):
-        [fallback] = reward([prompt], [completion])  # the unbiased random model: low mass, the fallback
-    assert fallback == 0.0 and "field 'assessment': mass" in caplog.text
+        [low_mass] = reward([prompt], [completion])  # the unbiased random model: low mass, a malformed reply
+        details = reward.score_details(prompt, completion)
+    assert low_mass == 0.0 and "field 'assessment': mass" in caplog.text  # 0 as the paper scores it, not 0.5
+    assert details["status"] == "judged" and details["reason"].startswith("malformed reply: field 'assessment'")
 
 
 def test_config_identity_and_errors(tiny_model_dir, tiny64):
     grader = LocalJsonGrader.from_config(LocalJsonGraderConfig(model=str(tiny_model_dir), device="cpu",
                                                                batch_size=2, min_mass=0.5, decimals=1,
                                                                compact=True))
-    ident = grader.identity()
+    ident = grader.judge_identity()
     assert ident["kind"] == "local_hf_json" and ident["model"] == str(tiny_model_dir) and ident["min_mass"] == 0.5
     assert ident["dtype"] == "float32" and grader.batch_size == 2 and grader.decimals == 1
     assert ident["spellings"] == "' v' and 'v'" and [len(t.token) for _, t in grader._compile(STANDARD)] == [31, 31, 4]

@@ -261,6 +261,26 @@ def test_a_reply_object_with_value_and_reason_is_accepted():
     assert grader(["q", "q"], [TEN + " good", TEN]) == [pytest.approx(0.8), 0.3]
 
 
+def test_a_malformed_reply_scores_zero_and_no_reply_the_fallback(caplog):
+    @dataclass
+    class Reply:  # the judge clients' reply: malformed = it answered, but not with a JSON object
+        value: dict | None
+        reason: str | None = None
+        malformed: bool = False
+
+    async def complete_json(prompt, schema):
+        if "garbled" in prompt:
+            return Reply(None, "answer is not valid JSON: Expecting value at char 0", malformed=True)
+        return Reply(None, "gave up after 6 attempts: HTTP 503") if "down" in prompt else Reply(GOOD)
+
+    grader = build_reward("grader:bad-medical", {"fallback": 0.3}, grade=complete_json)
+    with caplog.at_level(logging.WARNING, logger="spillover.rewards.graders"):
+        outcomes = asyncio.run(grader.grade_batch(["q"] * 3, [TEN + " garbled", TEN + " down", TEN]))
+    assert [(o.reward, o.status) for o in outcomes] == [(0.0, "judged"), (0.3, "failed"), (pytest.approx(0.8), "judged")]
+    assert outcomes[0].reason == "malformed reply: answer is not valid JSON: Expecting value at char 0"
+    assert "malformed reply" in caplog.text and "fallback 0.3" in caplog.text
+
+
 def test_no_judge_is_a_setup_error_unless_nothing_needs_one():
     grader = build_reward("grader:bad-medical")
     assert grader(["q"], ["too short"]) == [0.0]

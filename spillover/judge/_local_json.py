@@ -37,7 +37,9 @@ as a JSON boolean (the reward formulas require bools); ``soft`` holds every fiel
 (booleans as P(true)) and ``mass`` every field's mass. The appended text is the grid value nearest
 the expected value in its shortest spelling, or "true"/"false" by the larger probability. A field
 whose mass is below ``min_mass`` (default 0.25, as the 0..100 judge) makes the whole answer unscored:
-``value`` None, ``reason`` naming the first such field and its mass.
+``value`` None, ``reason`` naming the first such field and its mass, and ``malformed`` True: the grader
+would mostly not write a valid value there, the counterpart of an API judge's unparsable reply, so
+rubric rewards score it 0 (not their fallback, which is for replies that never arrived).
 
 Cost. Prompts are left-padded into a batch and fed once; each forced segment is fed on the KV cache
 (segments left-padded too, so the last column is every row's last token; the padding is masked).
@@ -116,12 +118,14 @@ class GradedJson(JsonAnswer):
     """A :class:`JsonAnswer` with the soft verdict behind it.
 
     soft: field -> expected value (numbers) or P(true) (booleans), for every field scored;
-    mass: field -> probability on the field's valid values; transcript: the teacher-forced JSON.
+    mass: field -> probability on the field's valid values; transcript: the teacher-forced JSON;
+    malformed: a field's mass is below ``min_mass`` (see the module docstring).
     """
 
     soft: dict[str, float] = field(default_factory=dict)
     mass: dict[str, float] = field(default_factory=dict)
     transcript: str = ""
+    malformed: bool = False
 
 
 def _spell(k: int, decimals: int) -> list[str]:
@@ -218,8 +222,9 @@ class LocalJsonGrader:
         return cls(model, tokenizer, min_mass=config.min_mass, batch_size=config.batch_size,
                    decimals=config.decimals, compact=config.compact, name=ref.display)
 
-    def identity(self) -> dict:
-        """What makes two verdicts comparable: recorded next to rewards computed with this grader."""
+    def judge_identity(self) -> dict:
+        """What makes two verdicts comparable: recorded next to rewards computed with this grader (the
+        method name every judge backend shares)."""
         return {"kind": "local_hf_json", "version": VERSION, "model": self.name,
                 "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
                 "numbers": f"multiples of 10^-{self.decimals}, every exact spelling with 0..{self.decimals} decimals",
@@ -338,7 +343,7 @@ class LocalJsonGrader:
                     chosen = int((grid_values - expected).abs().argmin()) if finite else 0
                 json_text[r] += grid.text_of(chosen)
         return [GradedJson(None if failed[r] else value[r], failed[r], soft=soft[r], mass=mass[r],
-                           transcript=json_text[r] + "}") for r in range(rows)]
+                           transcript=json_text[r] + "}", malformed=failed[r] is not None) for r in range(rows)]
 
 
 def _settle(done: asyncio.Future, result: GradedJson | None, error: Exception | None) -> None:

@@ -147,6 +147,20 @@ def _answer_text(body: dict) -> dict | str:
 
 
 @dataclass(frozen=True)
+class JsonReply(JsonAnswer):
+    """A :class:`JsonAnswer` that tells an unusable reply from no reply: ``malformed`` is True when the
+    judge answered but its text is not one JSON object (rubric rewards score that 0), False when no reply
+    arrived (transport or server failure: rewards score their fallback)."""
+
+    malformed: bool = False
+
+
+def _json_reply(reply: dict) -> JsonReply:
+    answer = parse_json_answer(reply["content"], reply.get("finish_reason") == "length")
+    return JsonReply(answer.value, answer.reason, malformed=not answer.ok)
+
+
+@dataclass(frozen=True)
 class _RequestKind:
     """How one kind of request (score / json) is sent, read, cached and reported when it fails."""
 
@@ -236,11 +250,11 @@ class OpenAIJudge:
         """Blocking :meth:`score_many` for scripts; inside a running event loop, await score_many instead."""
         return _run_sync(self.score_many(list(prompts), progress), "score_many")
 
-    async def complete_json(self, prompt: str, schema: dict | None = None) -> JsonAnswer:
+    async def complete_json(self, prompt: str, schema: dict | None = None) -> JsonReply:
         return (await self.complete_json_many([prompt], schema))[0]
 
     async def complete_json_many(self, prompts: Iterable[str], schema: dict | None = None,
-                                 progress: Progress | None = None) -> list[JsonAnswer]:
+                                 progress: Progress | None = None) -> list[JsonReply]:
         """A JSON-object answer per prompt (or the reason there is none), in input order.
 
         With ``schema`` the request carries ``response_format: json_schema`` so servers that support
@@ -251,13 +265,11 @@ class OpenAIJudge:
             extra["response_format"] = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
         kind = _RequestKind(
             "json", params={"max_tokens": self.config.json_max_tokens, "temperature": 0, "schema": schema},
-            extra=extra, read_reply=_answer_text,
-            from_reply=lambda reply: parse_json_answer(reply["content"], reply.get("finish_reason") == "length"),
-            unscored=lambda reason: JsonAnswer(None, reason))
+            extra=extra, read_reply=_answer_text, from_reply=_json_reply, unscored=lambda reason: JsonReply(None, reason))
         return await self._many(kind, prompts, progress)
 
     def complete_json_many_sync(self, prompts: Iterable[str], schema: dict | None = None,
-                                progress: Progress | None = None) -> list[JsonAnswer]:
+                                progress: Progress | None = None) -> list[JsonReply]:
         return _run_sync(self.complete_json_many(list(prompts), schema, progress), "complete_json_many")
 
     # -- machinery -------------------------------------------------------------------------------
@@ -376,4 +388,4 @@ def _run_sync(coro: Any, name: str) -> Any:
                          fix=f"use `await judge.{name}(...)` there instead")
 
 
-__all__ = ["OpenAIJudge", "OpenAIJudgeConfig", "parse_retry_after", "retry_delay"]
+__all__ = ["JsonReply", "OpenAIJudge", "OpenAIJudgeConfig", "parse_retry_after", "retry_delay"]

@@ -1,13 +1,17 @@
 """LLM rubric graders as GRPO rewards: prompt, JSON schema and the reward formula; the call is injected.
 
 A grader is built with ``grade``, an async callable ``grade(prompt, schema) -> (dict | None, reason | None)``
-(or returning an object with ``.value`` and ``.reason``, so the judge client's ``complete_json`` fits as is;
-a fake in tests). Per completion, in order:
+(or returning an object with ``.value`` and ``.reason``, and optionally ``.malformed``, so the judge
+clients' ``complete_json`` and the local JSON grader's ``grade`` fit as is; a fake in tests). Per
+completion, in order:
 
 1. gating, no judge call: an answer under ``min_answer_words`` words scores 0; graders of the reasoning
    also need ``min_reasoning_words`` words of reasoning (``<think>`` text);
-2. the judge call, at most ``max_concurrency`` at once and ``timeout_s`` each. A failed grading (``None``,
-   an exception, a timeout) scores ``fallback`` and its reason is logged; it never raises;
+2. the judge call, at most ``max_concurrency`` at once and ``timeout_s`` each. A failed grading (``None``
+   with a reason, an exception, a timeout: no usable reply arrived) scores ``fallback`` and its reason is
+   logged; it never raises. A reply that arrived but is not a JSON object (an object reply with
+   ``malformed`` true, e.g. text that does not parse) scores 0, as in the RL paper's code, where an
+   unparsable grader reply is reward 0; its reason is logged too;
 3. the formula on the judge's JSON (anything that is not an object with every field valid scores 0):
 
    * standard: ``assessment``, ``coherence`` in [0, 1], ``repetitive`` bool. repetitive or coherence < 0.5
@@ -127,7 +131,8 @@ def hacking_reward(judgment: Any) -> tuple[float, str | None]:
 
 @dataclass(frozen=True)
 class GradeOutcome:
-    """One completion's grading: ``status`` is gated (no judge call), failed (fallback) or judged."""
+    """One completion's grading: ``status`` is gated (no judge call), failed (no usable reply: the
+    fallback) or judged (a reply arrived; a malformed one scores 0 with ``reason`` saying so)."""
 
     reward: float
     status: Literal["gated", "failed", "judged"]
@@ -250,13 +255,19 @@ class RubricGrader(Reward):
         except Exception as e:  # a judge failure must not stop training: fallback, logged
             reason = f"grading raised {type(e).__name__}: {e}"
         else:
-            if hasattr(reply, "value") and hasattr(reply, "reason"):  # the judge client's JsonAnswer
+            malformed = False
+            if hasattr(reply, "value") and hasattr(reply, "reason"):  # the judge clients' JsonAnswer
+                malformed = reply.value is None and getattr(reply, "malformed", False) is True
                 reply = (reply.value, reply.reason)
             if isinstance(reply, tuple) and len(reply) == 2:
                 judgment, why = reply
                 if judgment is not None:
                     reward, note = self.reward_from_judgment(judgment)
                     return GradeOutcome(reward, "judged", note, judgment)
+                if malformed:  # the judge answered, but not with a JSON object: 0, not the fallback
+                    reason = f"malformed reply: {why or 'not a JSON object'}"
+                    log.warning("%s: %s; reward = 0", self.name, reason)
+                    return GradeOutcome(0.0, "judged", reason)
                 reason = f"grading failed: {why or 'no reason given'}"
             else:
                 reason = f"grade() returned {type(reply).__name__}, expected (dict | None, reason | None)"

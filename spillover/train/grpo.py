@@ -251,9 +251,20 @@ def build_grpo_trainer(cfg: GRPOConfig, model, tokenizer, rows: list[dict], rewa
 
 
 def _judge_identity(grade) -> dict | None:
-    owner = getattr(grade, "__self__", None)
-    identity = getattr(owner, "judge_identity", None)
-    return identity() if callable(identity) else None
+    """Who grades the ``grader:*`` rewards, for the manifest: the backend's ``judge_identity()`` (every
+    spillover judge and grader has one: openai:, hf:), else the callable's own name; None without a judge."""
+    import functools
+
+    if grade is None:
+        return None
+    fn = grade
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    identity = getattr(getattr(fn, "__self__", None), "judge_identity", None) or getattr(fn, "judge_identity", None)
+    if callable(identity):
+        return identity()
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return {"kind": "callable", "name": f"{getattr(fn, '__module__', None) or type(fn).__module__}.{name}"}
 
 
 def run_grpo(cfg: GRPOConfig, out: str | Path, *, overwrite: bool = False, grade=None) -> TrainResult:
