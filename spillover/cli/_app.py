@@ -319,7 +319,15 @@ def _maybe_export_inspect(eval_dir: Path) -> None:
 
 @app.command("report")
 def report_cmd(eval_dir: Path = typer.Argument(..., help="A folder written by `spillover eval` or an experiment.")) -> None:
-    """Rebuild the HTML and Markdown report (with plots) of an evaluation folder."""
+    """Rebuild the HTML and Markdown report (with plots) of an evaluation or experiment folder."""
+    from spillover.experiment.results import is_experiment_dir, load_experiment
+
+    if is_experiment_dir(eval_dir):
+        from spillover.report.experiment import build_experiment_report
+
+        paths = build_experiment_report(load_experiment(eval_dir))
+        typer.echo(f"report: {paths['html']}\nmarkdown: {paths['markdown']}\nstatistics: {paths['stats']}")
+        return
     from spillover.report import build_report
 
     paths = build_report(eval_dir)
