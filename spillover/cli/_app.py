@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from spillover.cli._common import describe, quiet_libraries
+from spillover.cli._common import check_before_work, describe, quiet_libraries
 from spillover.models import LoraSpec
 from spillover.train._config import SFTConfig
 from spillover.train._grpo_config import GRPOConfig
@@ -111,6 +111,8 @@ def train_sft(
     device: Optional[str] = typer.Option(None, help=describe(SFTConfig, "device")),
     dtype: Optional[str] = typer.Option(None, help=describe(SFTConfig, "dtype")),
     overwrite: bool = typer.Option(False, help="Replace an existing run in --out."),
+    resume: bool = typer.Option(False, help="Continue the killed or failed run in --out from its last checkpoint (same config)."),
+    checkpoint_minutes: Optional[float] = typer.Option(None, min=0, help="Save a checkpoint every this many minutes of training, keeping the newest (0 = never) [default: 5]."),
 ) -> None:
     """Fine-tune a LoRA adapter on chat data with the loss on assistant tokens only."""
     from spillover.config import load_config
@@ -121,7 +123,10 @@ def train_sft(
                      seed=seed, init_adapter=init_adapter, strip_qwen3_markers=strip_qwen3_markers, device=device,
                      dtype=dtype, lora=_lora_overrides(lora_r, lora_alpha, rslora, lora_dropout, lora_targets))
     cfg = load_config(SFTConfig, config, overrides)
-    result = run_sft(cfg, out, overwrite=overwrite)
+    check_before_work(out_dir=out, run_dir=True, overwrite=overwrite, resume=resume, data=[cfg.data],
+                      adapter=cfg.init_adapter, model=cfg.model)
+    result = run_sft(cfg, out, overwrite=overwrite, resume=resume,
+                     **({"checkpoint_minutes": checkpoint_minutes} if checkpoint_minutes is not None else {}))
     typer.echo(f"adapter: {result.adapter_dir}\nrun:     {result.run_dir}  ({result.steps} steps, "
                f"final loss {result.final_loss:.4f}, {result.seconds:.0f} s)")
 
@@ -154,6 +159,8 @@ def train_grpo(
     device: Optional[str] = typer.Option(None, help=describe(GRPOConfig, "device")),
     dtype: Optional[str] = typer.Option(None, help=describe(GRPOConfig, "dtype")),
     overwrite: bool = typer.Option(False, help="Replace an existing run in --out."),
+    resume: bool = typer.Option(False, help="Continue the killed or failed run in --out from its last checkpoint (same config)."),
+    checkpoint_minutes: Optional[float] = typer.Option(None, min=0, help="Save a checkpoint every this many minutes of training, keeping the newest (0 = never) [default: 5]."),
 ) -> None:
     """Fine-tune a LoRA adapter with GRPO (TRL) on prompts and reward functions."""
     from spillover.config import load_config
@@ -168,8 +175,12 @@ def train_grpo(
                      batch_size=batch_size, grad_accum=grad_accum, seed=seed, system_prompt=system_prompt,
                      device=device, dtype=dtype)
     cfg = load_config(GRPOConfig, config, overrides)
+    check_before_work(out_dir=out, run_dir=True, overwrite=overwrite, resume=resume, data=[cfg.prompts],
+                      adapter=cfg.init_adapter, model=cfg.model, judge=judge, judge_base_url=judge_base_url,
+                      judge_api_key_env=judge_api_key_env, grader=True)
     grade = build_grader(judge, base_url=judge_base_url, api_key_env=judge_api_key_env) if judge else None
-    result = run_grpo(cfg, out, overwrite=overwrite, grade=grade)
+    result = run_grpo(cfg, out, overwrite=overwrite, grade=grade, resume=resume,
+                      **({"checkpoint_minutes": checkpoint_minutes} if checkpoint_minutes is not None else {}))
     typer.echo(f"adapter: {result.adapter_dir}\nrun:     {result.run_dir}  ({result.steps} steps, {result.seconds:.0f} s)")
 
 
@@ -183,7 +194,14 @@ def compare_cmd(
     from spillover.config import load_config
     from spillover.experiment.compare import CompareConfig, run_comparison
 
-    result = run_comparison(load_config(CompareConfig, config), out, overwrite=overwrite)
+    cfg = load_config(CompareConfig, config)
+    ev = cfg.evaluate
+    check_before_work(out_dir=out, data=[cfg.data, cfg.warmup and cfg.warmup.data,
+                      *ev.probe], questions=[ev.questions, ev.in_domain], judge=ev.judge,
+                      judge_base_url=ev.judge_base_url, judge_api_key_env=ev.judge_api_key_env,
+                      judge_flags=(f"{config}: evaluate.judge", f"{config}: evaluate.judge_base_url",
+                                   f"{config}: evaluate.judge_api_key_env"))
+    result = run_comparison(cfg, out, overwrite=overwrite)
     typer.echo((out / "comparison.md").read_text() + f"\nreport: {result['report']}")
 
 
@@ -205,6 +223,7 @@ def sample(
     dtype: Optional[str] = typer.Option(None, help="auto | float32 | bfloat16 | float16"),
 ) -> None:
     """Sample N answers per prompt from a base model or base + adapter."""
+    model = check_before_work(out_file=out, data=[prompts], adapter=adapter, model=model)
     from spillover._io import atomic_write_jsonl
     from spillover.data import load_chat_jsonl, require_prompts, resolve_data_path
     from spillover.evaluate.sampling import SamplingParams, load_sampler, sample_examples
@@ -254,9 +273,8 @@ def probe_cmd(
 ) -> None:
     """Judge-free probe: does the model prefer misaligned over aligned answers (log-prob shift)?"""
     from spillover.evaluate.probe import probe
-    from spillover.models import read_adapter_meta
 
-    model = model or (read_adapter_meta(adapter).get("base_model") if adapter else None) or "embedded"
+    model = check_before_work(out_file=out, data=[pairs], adapter=adapter, model=model) or "embedded"
     result = probe(model, pairs, adapter=str(adapter) if adapter else None, base_ref=base, device=device,
                    batch_size=batch_size, seed=seed)
     result.write(out)
@@ -288,6 +306,8 @@ def eval_cmd(
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda"),
 ) -> None:
     """Sample answers to EM questions, judge them, compute metrics with 95% CIs, and write a report."""
+    check_before_work(out_dir=out, questions=[questions, in_domain], data=probe_pairs, adapter=adapter, model=model,
+                      judge=judge, judge_base_url=judge_base_url, judge_api_key_env=judge_api_key_env)
     from spillover.evaluate.run import Arm, EvalSettings, run_evaluation
     from spillover.judge._spec import build_judge
     from spillover.report import build_report
