@@ -7,6 +7,7 @@ import torch
 from spillover.errors import SpilloverError
 from spillover.models import (
     LoraSpec,
+    _embedded,
     apply_lora,
     load_adapter,
     load_model,
@@ -15,7 +16,6 @@ from spillover.models import (
     resolve_model,
     save_adapter,
 )
-from spillover.models import _embedded
 
 
 def test_local_folder_resolves_and_loads(tiny_model_dir):
@@ -106,6 +106,20 @@ def test_adapter_round_trip_and_merge(tiny_model_dir, tmp_path):
     assert ref.kind == "local"
     with torch.no_grad():
         assert torch.allclose(merged(ids).logits, expected, atol=1e-4)
+
+
+def test_continued_adapter_records_its_own_rank_not_the_configured_one(tiny_model_dir, tmp_path):
+    model, _, _ = load_model(str(tiny_model_dir), device="cpu")
+    first = LoraSpec(r=4, alpha=8, rslora=True, target_modules=["q_proj", "v_proj"])
+    save_adapter(apply_lora(model, first), tmp_path / "warmup", base_model=str(tiny_model_dir), lora=first)
+    fresh, _, _ = load_model(str(tiny_model_dir), device="cpu")
+    continued = load_adapter(fresh, tmp_path / "warmup", trainable=True)  # an init_adapter run, config r=16
+    save_adapter(continued, tmp_path / "rl", base_model=str(tiny_model_dir), lora=LoraSpec())
+    meta = read_adapter_meta(tmp_path / "rl")
+    assert meta["lora"] == {"r": 4, "alpha": 8, "rslora": True, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+    assert meta["lora_configured"]["r"] == 16 and meta["resolved_target_modules"] == ["q_proj", "v_proj"]
+    assert "lora_configured" not in read_adapter_meta(tmp_path / "warmup")  # a fresh adapter is as configured
+    assert read_adapter_meta(tmp_path / "warmup")["lora"] == first.model_dump(mode="json")
 
 
 def test_not_an_adapter_folder(tmp_path):

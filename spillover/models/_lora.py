@@ -43,13 +43,34 @@ def apply_lora(model, spec: LoraSpec):
     return get_peft_model(model, spec.to_peft())
 
 
-def save_adapter(peft_model, out_dir: str | Path, *, base_model: str, lora: LoraSpec, extra: dict | None = None) -> Path:
-    """Save adapter weights plus ``spillover_adapter.json`` (base model, resolved LoRA config)."""
+def adapter_spec(peft_model, configured: LoraSpec | None = None) -> LoraSpec:
+    """The LoRA spec of the adapter ``peft_model`` actually holds, read from its PEFT config: rank, alpha,
+    rsLoRA, dropout. Target modules are ``configured``'s when the rest agrees (so "all-linear" stays as
+    written), else the adapted module names. A continued ``init_adapter`` keeps its own rank, whatever
+    the config says, and this is what gets recorded."""
+    peft = peft_model.peft_config["default"]
+    actual = {"r": int(peft.r), "alpha": int(peft.lora_alpha), "rslora": bool(peft.use_rslora),
+              "dropout": float(peft.lora_dropout)}
+    if configured is not None and configured.model_dump(include=set(actual)) == actual:
+        return configured
+    targets = peft.target_modules
+    names = [targets] if isinstance(targets, str) else sorted({t.rsplit(".", 1)[-1] for t in targets})
+    return LoraSpec(**actual, target_modules="all-linear" if names == ["all-linear"] else names)
+
+
+def save_adapter(peft_model, out_dir: str | Path, *, base_model: str, lora: LoraSpec | None = None,
+                 extra: dict | None = None) -> Path:
+    """Save adapter weights plus ``spillover_adapter.json`` (base model, the adapter's actual LoRA spec
+    (:func:`adapter_spec`), its resolved target modules). ``lora`` is the configured spec: recorded as
+    ``lora_configured`` when the adapter differs from it (an ``init_adapter`` of another rank)."""
     out_dir = Path(out_dir)
     peft_model.save_pretrained(out_dir)
     resolved = peft_model.peft_config["default"]
-    meta = {"base_model": base_model, "lora": lora.model_dump(mode="json"),
-            "resolved_target_modules": sorted({t.rsplit(".", 1)[-1] for t in resolved.target_modules}), "spillover_version": __version__, **(extra or {})}
+    actual = adapter_spec(peft_model, lora)
+    meta = {"base_model": base_model, "lora": actual.model_dump(mode="json"),
+            **({"lora_configured": lora.model_dump(mode="json")} if lora is not None and lora != actual else {}),
+            "resolved_target_modules": sorted({t.rsplit(".", 1)[-1] for t in resolved.target_modules}),
+            "spillover_version": __version__, **(extra or {})}
     (out_dir / ADAPTER_META).write_text(json.dumps(meta, indent=2))
     return out_dir
 
