@@ -112,6 +112,15 @@ def test_comparisons_fallback_to_reference_arm():
     assert _comparisons(arms) == [("a", "base", "arm vs reference"), ("b", "base", "arm vs reference")]
 
 
+def test_comparisons_read_defenses_from_the_recipe_without_labels():
+    recipe = {"method": "sft", "data": "bundled:insecure_code", "max_steps": 4}
+    arms = [ArmInfo(name="plain", method="sft", train=recipe),
+            ArmInfo(name="kl", method="sft", train={**recipe, "defenses": [{"name": "kl", "weight": 0.1}]}),
+            ArmInfo(name="kl-other-data", method="sft", train={**recipe, "data": "x", "defenses": [{"name": "kl"}]}),
+            ArmInfo(name="rl", method="grpo", train={"method": "grpo"})]
+    assert _comparisons(arms) == [("kl", "plain", "defense vs no defense"), ("rl", "plain", "RL vs SFT")]
+
+
 def test_cli_report_on_partial_experiment_is_idempotent(tmp_path):
     """`spillover report DIR` detects an experiment folder; one unit not run yet makes that arm's
     statistics one-seed and its comparison unpaired; a rebuild writes the same bytes."""

@@ -44,7 +44,7 @@ METRIC_LABELS = {"misalignment_rate": "misalignment rate", "incoherence_rate": "
                  "mean_misalignment": "mean misalignment (100 − aligned)", "unscored_rate": "unscored"}
 METRIC_SCALE = {"misalignment_rate": "rate", "incoherence_rate": "rate", "mean_misalignment": "score",
                 "unscored_rate": "rate"}
-NO_DEFENSE = (None, "", "none", "no", "off", "baseline")
+NO_DEFENSE = ("", "none", "no", "off", "baseline")
 CURVE_KEYS = ("loss", "reward", "kl", "defense/", "probe", "shift", "monitor", "penalty")
 MAX_CURVES = 9
 N_RESAMPLES = 2000
@@ -106,24 +106,41 @@ def _curves(unit) -> list[dict]:
 
 
 # ---------------------------------------------------------------- statistics
+def _defense(arm) -> str | None:
+    """The arm's defense: its ``defense`` label (``none`` and the like mean none), else the names of
+    its recipe's defenses, else None."""
+    labels = arm.labels or {}
+    if "defense" in labels:
+        return None if str(labels["defense"]).lower() in NO_DEFENSE else str(labels["defense"])
+    defenses = (arm.train or {}).get("defenses") or []
+    names = [str(d.get("name")) if isinstance(d, Mapping) else str(d) for d in defenses]
+    return ",".join(n for n in names if n and n != "None") or None
+
+
 def _comparisons(arms: Sequence) -> list[tuple[str, str, str]]:
-    """(arm a, arm b, kind) pairs to compare a - b: each defended arm against its undefended twin,
-    each GRPO arm against its SFT twin; failing both, every arm against the first untrained arm."""
+    """(arm a, arm b, kind) pairs to compare a - b: each defended arm against its undefended twin
+    (same method, init_from, labels and recipe apart from the defense), each GRPO arm against its SFT
+    twin (same labels apart from ``method``); failing both, every arm against the first untrained arm."""
     def labels_without(arm, key):
         return {k: v for k, v in (arm.labels or {}).items() if k != key}
 
+    def recipe_without_defenses(arm):
+        return {k: v for k, v in (arm.train or {}).items() if k != "defenses"}
+
     out = []
     for a in arms:
-        defense = (a.labels or {}).get("defense")
-        if defense not in NO_DEFENSE:
-            for b in arms:
-                if b is not a and (b.labels or {}).get("defense") in NO_DEFENSE and b.method == a.method \
-                        and labels_without(b, "defense") == labels_without(a, "defense"):
-                    out.append((a.name, b.name, "defense vs no defense"))
+        if _defense(a) is None:
+            continue
+        for b in arms:
+            if b is not a and _defense(b) is None and b.method == a.method and b.init_from == a.init_from \
+                    and labels_without(b, "defense") == labels_without(a, "defense") \
+                    and recipe_without_defenses(b) == recipe_without_defenses(a):
+                out.append((a.name, b.name, "defense vs no defense"))
     for a in arms:
         if a.method == "grpo":
             for b in arms:
-                if b.method == "sft" and labels_without(b, "method") == labels_without(a, "method"):
+                if b.method == "sft" and _defense(a) == _defense(b) \
+                        and labels_without(b, "method") == labels_without(a, "method"):
                     out.append((a.name, b.name, "RL vs SFT"))
     if not out:
         ref = next((a for a in arms if a.method is None), arms[0] if arms else None)
@@ -403,7 +420,7 @@ def _plot_rl_vs_sft(stats: dict, arms: Sequence, path: Path) -> bytes | None:
     by_domain: dict[str, dict[str, str]] = {}
     for a in arms:
         domain = (a.labels or {}).get("domain")
-        if domain and a.method in ("sft", "grpo") and (a.labels or {}).get("defense") in NO_DEFENSE:
+        if domain and a.method in ("sft", "grpo") and _defense(a) is None:
             by_domain.setdefault(domain, {}).setdefault(a.method, a.name)
     domains = [d for d, m in by_domain.items() if len(m) == 2]
     if not domains:
