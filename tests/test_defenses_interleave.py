@@ -202,3 +202,25 @@ def test_sft_run_trains_on_marked_safe_rows(tiny_model_dir, tmp_path, source_rec
     manifest = json.loads((run / "manifest.json").read_text())
     assert len(rows) == 2 and manifest["n_examples"] == 8
     assert manifest["defenses"]["interleave"]["positions"] == [r["position"] for r in rows]
+
+
+def test_cli_select_safe_writes_ranked_selection(tiny_adapters, tmp_path, capsys, one_thread):
+    safe = _safe_file(tmp_path, ["Sorry, I can't do that.", "Boil the water first.", "Stretch before running."])
+    out = tmp_path / "selected.jsonl"
+    assert _cli("defenses", "select-safe", "--candidates", str(safe), "--misaligned-adapter", tiny_adapters[0],
+          "--misaligned-adapter", tiny_adapters[1], "--top", "2", "--plusplus", "--out", str(out)) == 0
+    assert "1 refusals dropped; kept 2" in capsys.readouterr().out
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(rows) == 2 and rows[0]["score"] >= rows[1]["score"] and not any(r["refusal"] for r in rows)
+    assert set(rows[0]["nll_misaligned"]) == {"medical", "code"}
+    # the selection file is valid safe_data for the defense
+    (d,) = _build({"safe_data": str(out)})
+    assert len(d.safe) == 2
+
+
+def _cli(*args) -> int:
+    from spillover.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(list(args))
+    return e.value.code

@@ -137,3 +137,21 @@ def test_bad_input_fails_before_training(tmp_path):
     (d,) = _build({"prompts": str(_prompts(tmp_path, ["q?"])), "user_reward": "no_such_module:fn"})
     with pytest.raises(SpilloverError, match="cannot import module"):
         d.setup(None, None, d.ctx)
+
+
+def test_cli_make_onpolicy_samples_the_policy(tiny_model_dir, tmp_path, capsys, one_thread):
+    out = tmp_path / "onpolicy.jsonl"
+    assert _cli("defenses", "make-onpolicy", "--prompts", str(_prompts(tmp_path, ["Is it safe?", "Should I?"])),
+          "--model", str(tiny_model_dir), "--n", "2", "--max-new-tokens", "4", "--no-drop-empty", "--out", str(out),
+          "--device", "cpu") == 0
+    assert "4 of 4 answers kept" in capsys.readouterr().out
+    rows = load_chat_jsonl(out)
+    assert len(rows) == 4 and [m["role"] for m in rows[0].messages] == ["user", "assistant"]
+
+
+def _cli(*args) -> int:
+    from spillover.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(list(args))
+    return e.value.code

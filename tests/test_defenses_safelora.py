@@ -180,3 +180,22 @@ def test_missing_pair_is_a_clear_error_before_training(tiny_pair, tmp_path):
         _defense({"base": aligned}, aligned)
     with pytest.raises(ValueError, match="base"):  # the pair's base side is required
         DefenseRef.model_validate({"name": "safelora"})
+
+
+def test_cli_projects_a_saved_adapter_and_names_bad_input(tiny_pair, tmp_path, monkeypatch, capsys):
+    base, aligned = tiny_pair
+    monkeypatch.setenv("SPILLOVER_HOME", str(tmp_path / "home"))
+    adapter = _save(_lora_model(aligned), tmp_path / "adapter", aligned)
+    assert _cli("defenses", "safelora", "--adapter", str(adapter), "--base", base, "--out", str(tmp_path / "p"), "--top-k", "1") == 0
+    assert "projected 1 of 4 LoRA modules" in capsys.readouterr().out
+    assert json.loads((tmp_path / "p" / "safelora.json").read_text())["n_projected"] == 1
+    assert _cli("defenses", "safelora", "--adapter", str(tmp_path / "nope"), "--base", base, "--out", str(tmp_path / "q")) == 2
+    assert "not a LoRA adapter folder" in capsys.readouterr().err
+
+
+def _cli(*args) -> int:
+    from spillover.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(list(args))
+    return e.value.code
