@@ -1,0 +1,66 @@
+"""KL to a reference model (arXiv 2508.06249, "KL-divergence regularisation"; paper lambda = 0.1).
+
+The term is ``KL(pi_theta || pi_ref)`` per trained token (the SFT response, the GRPO completion), summed
+over the vocabulary and averaged over the micro-batch's trained tokens; the trainer adds ``weight x`` it.
+The reference is the model with its adapter disabled (the base, or with ``init_adapter`` the base without
+the warm-up adapter), or ``reference: init-adapter`` = the frozen warm-up adapter, kept as a second
+non-trainable adapter on the same model. One reference forward pass per micro-batch, shared with LDIFS.
+
+``only_safe`` ("selective KL", the RL code's variant) restricts the term to rows marked
+``spillover_source: safe`` (interleaved safe examples); micro-batches without such rows add 0.
+
+GRPO also has TRL's own ``beta`` (GRPO config): a per-token k3 estimate ``exp(q - p) - (q - p) - 1`` of
+the KL to the adapter-disabled model, computed from the sampled tokens only and folded into the policy
+loss with TRL's loss aggregation. This defense is the exact KL over the whole vocabulary at every
+completion token, mean over tokens, added outside the policy loss; use one or the other (both work).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from spillover.defenses._base import Defense, register_defense
+
+SAFE_SOURCE = "safe"
+
+
+def token_kl(policy_logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
+    """Per-row ``KL(softmax(policy) || softmax(ref))`` over the last dimension, in float32."""
+    logp = torch.log_softmax(policy_logits.float(), dim=-1)
+    logq = torch.log_softmax(ref_logits.float(), dim=-1)
+    return (logp.exp() * (logp - logq)).sum(-1)
+
+
+@register_defense("kl")
+class KLDefense(Defense):
+    """Penalise KL(policy || reference) on the trained tokens (paper weight 0.1).
+
+    Per trained token, the exact KL over the vocabulary between the policy and the reference (adapter
+    disabled, or the frozen init adapter), averaged over the micro-batch's trained tokens. With
+    ``only_safe`` it acts on interleaved safe rows only (selective KL). For GRPO, TRL's ``beta`` is the
+    sampled-token k3 alternative (see the module docs)."""
+
+    needs = frozenset({"policy_logits", "ref_logits"})
+
+    class Params(Defense.Params):
+        weight: float = Field(0.1, ge=0, description="lambda: scale of the KL term (paper: 0.1); 0 = off.")
+        only_safe: bool = Field(False, description="Apply only to rows marked spillover_source: safe (the interleave "
+                                "defense marks its safe examples): selective KL.")
+        reference: Literal["base", "init-adapter"] = Field(
+            "base", description="base = the model with its adapter disabled; init-adapter = the frozen init_adapter "
+            "(the warm-up adapter a run continues), kept on the same model.")
+
+    def loss_term(self, model, batch):
+        policy = batch.policy.logits()
+        ref = batch.reference.logits()
+        if self.params.only_safe:
+            keep = batch.rows(SAFE_SOURCE)[batch.token_rows()]
+            self.log_metric("safe_tokens", float(keep.sum()))
+            policy, ref = policy[keep], ref[keep]
+        if policy.shape[0] == 0:
+            return policy.sum() * 0.0
+        kl = token_kl(policy, ref).mean()
+        return kl

@@ -1,0 +1,161 @@
+"""Interface v2 and the loss defenses (kl, ldifs) on a tiny Llama: the batch view, the layer convention,
+one shared reference pass, KL = 0 at the start, gradients reach the LoRA weights, GA invariance."""
+
+
+import pytest
+import torch
+
+from spillover.defenses import DefenseBatch, DefenseRef, TrainContext, build_defenses, list_defenses
+from spillover.defenses._batch import Capture, decoder_parts
+from spillover.defenses.kl import token_kl
+from spillover.defenses.ldifs import feature_layers
+from spillover.models import LoraSpec, apply_lora
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture()
+def peft_model(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    return apply_lora(model, LoraSpec(r=4, alpha=8))
+
+
+def sft_inputs(n=2, t=7):
+    torch.manual_seed(1)
+    ids = torch.randint(5, 200, (n, t))
+    labels = ids.clone()
+    labels[:, :3] = -100
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+
+def grpo_inputs():
+    torch.manual_seed(2)
+    return {"prompt_ids": torch.randint(5, 200, (2, 4)), "prompt_mask": torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]]),
+            "completion_ids": torch.randint(5, 200, (2, 3)), "completion_mask": torch.tensor([[1, 1, 0], [1, 1, 1]]),
+            "advantages": torch.zeros(2)}
+
+
+def nudge_lora(model, scale=0.5):
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.add_(scale * torch.randn_like(p))
+
+
+def lora_grad_norm(model):
+    return sum(float(p.grad.norm()) for n, p in model.named_parameters() if "lora" in n and p.grad is not None)
+
+
+def policy_pass(model, batch):
+    """What the trainer does: its own forward under the capture; the batch then reuses it."""
+    with Capture(model) as cap:
+        model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    batch.attach_capture(cap)
+
+
+def defenses(*refs):
+    return build_defenses([DefenseRef.model_validate(r) for r in refs], TrainContext(None, "tiny", "sft"))
+
+
+# ---------------------------------------------------------------- the batch view
+def test_batch_view_sft_and_grpo(peft_model):
+    sft = DefenseBatch(peft_model, sft_inputs(), "sft")
+    assert sft.trained_mask.tolist() == [[0, 0, 0, 1, 1, 1, 1]] * 2 and sft.sources == ["task", "task"]
+    grpo = DefenseBatch(peft_model, grpo_inputs(), "grpo", sources=["task", "safe"])
+    assert grpo.input_ids.shape == (2, 7)
+    assert grpo.trained_mask.tolist() == [[0, 0, 0, 0, 1, 1, 0], [0, 0, 0, 0, 1, 1, 1]]
+    assert grpo.attention_mask[0, 0] == 0 and grpo.rows("safe").tolist() == [False, True]
+    assert "advantages" in grpo and sorted(grpo)[0] == "advantages"  # still a mapping of the raw inputs
+
+
+def test_hidden_state_convention_matches_transformers(peft_model):
+    """hidden[l] = output of layers[l - 1] (hidden[0] = embeddings), as output_hidden_states except the last,
+    which transformers returns after the final norm."""
+    batch = DefenseBatch(peft_model, sft_inputs(), "sft")
+    with torch.no_grad():
+        hf = peft_model(input_ids=batch.input_ids, output_hidden_states=True).hidden_states
+        policy_pass(peft_model, batch)
+    L = len(decoder_parts(peft_model)[2])
+    assert len(hf) == L + 1
+    for layer in range(L):
+        assert torch.allclose(batch.policy.hidden(layer), hf[layer], atol=1e-6)
+    norm = decoder_parts(peft_model)[3]
+    assert torch.allclose(norm(batch.policy.hidden(L)), hf[L], atol=1e-5)
+    assert feature_layers(L + 1, 5) == [0, 1, 2] and feature_layers(31, 5) == [0, 8, 15, 22, 30]
+
+
+def test_policy_logits_are_the_trained_positions(peft_model):
+    batch = DefenseBatch(peft_model, sft_inputs(), "sft")
+    with torch.no_grad():
+        full = peft_model(input_ids=batch.input_ids).logits
+        policy_pass(peft_model, batch)
+    assert torch.allclose(batch.policy.logits(), full[:, 2:-1].reshape(-1, full.shape[-1]), atol=1e-5)
+    assert batch.token_rows().tolist() == [0] * 4 + [1] * 4
+
+
+# ---------------------------------------------------------------- kl and ldifs
+def test_kl_is_zero_at_start_and_has_a_gradient_after_a_step(peft_model):
+    (kl,) = defenses({"name": "kl"})
+    batch = DefenseBatch(peft_model, sft_inputs(), "sft")
+    policy_pass(peft_model, batch)
+    assert float(kl.loss_term(peft_model, batch)) == pytest.approx(0.0, abs=1e-6)  # LoRA B starts at zero
+    nudge_lora(peft_model)  # stands in for an optimizer step
+    batch = DefenseBatch(peft_model, sft_inputs(), "sft")
+    policy_pass(peft_model, batch)
+    term = kl.loss_term(peft_model, batch)
+    assert float(term) > 1e-4
+    term.backward()
+    assert lora_grad_norm(peft_model) > 0
+
+
+def test_kl_matches_a_hand_computation():
+    p, q = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([[0.0, 1.0, 0.0]])
+    pp, qq = p.softmax(-1), q.softmax(-1)
+    assert float(token_kl(p, q)) == pytest.approx(float((pp * (pp / qq).log()).sum()), rel=1e-6)
+
+
+def test_selective_kl_acts_on_safe_rows_only(peft_model):
+    (kl,) = defenses({"name": "kl", "only_safe": True})
+    nudge_lora(peft_model)
+    none_safe = DefenseBatch(peft_model, sft_inputs(), "sft", sources=["task", "task"])
+    assert float(kl.loss_term(peft_model, none_safe)) == 0.0
+    one_safe = DefenseBatch(peft_model, sft_inputs(), "sft", sources=["task", "safe"])
+    both = DefenseBatch(peft_model, sft_inputs(), "sft")
+    (full,) = defenses({"name": "kl"})
+    per_row = token_kl(both.policy.logits(), both.reference.logits()).view(2, -1).mean(-1)
+    assert float(kl.loss_term(peft_model, one_safe)) == pytest.approx(float(per_row[1]), rel=1e-5)
+    assert float(full.loss_term(peft_model, both)) == pytest.approx(float(per_row.mean()), rel=1e-5)
+
+
+def test_ldifs_has_a_gradient_on_lora_weights(peft_model):
+    (ldifs,) = defenses({"name": "ldifs"})
+    ldifs.setup(peft_model, None, None)
+    nudge_lora(peft_model)
+    batch = DefenseBatch(peft_model, grpo_inputs(), "grpo")
+    policy_pass(peft_model, batch)
+    term = ldifs.loss_term(peft_model, batch)
+    assert float(term) > 0
+    term.backward()
+    assert lora_grad_norm(peft_model) > 0
+
+
+def test_kl_and_ldifs_share_one_reference_pass_and_reuse_the_policy_pass(peft_model):
+    kl, ldifs = defenses({"name": "kl"}, {"name": "ldifs"})
+    ldifs.setup(peft_model, None, None)
+    batch = DefenseBatch(peft_model, sft_inputs(), "sft")
+    policy_pass(peft_model, batch)
+    kl.loss_term(peft_model, batch)
+    ldifs.loss_term(peft_model, batch)
+    assert batch.forward_passes == {"policy": 0, "reference": 1}
+
+
+def test_weight_zero_builds_no_defense():
+    for name, cls in list_defenses().items():
+        required = {k for k, f in cls.Params.model_fields.items() if f.is_required()}
+        if required:  # those need inputs (a vector file...); weight 0 still drops them before they are read
+            continue
+        assert defenses({"name": name, "weight": 0}) == [], name
