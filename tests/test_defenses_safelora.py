@@ -193,6 +193,31 @@ def test_cli_projects_a_saved_adapter_and_names_bad_input(tiny_pair, tmp_path, m
     assert "not a LoRA adapter folder" in capsys.readouterr().err
 
 
+
+def test_sft_run_with_the_proxy_pair_projects_and_records(tiny_model_dir, tmp_path, monkeypatch, one_thread):
+    """The embedded recipe on a tiny model: base = the model, aligned = the model + a safety adapter."""
+    from spillover.train import SFTConfig, run_sft
+
+    monkeypatch.setenv("SPILLOVER_HOME", str(tmp_path / "home"))
+    safety = _save(_lora_model(str(tiny_model_dir), seed=5), tmp_path / "safety", str(tiny_model_dir))
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
+                                                     {"role": "assistant", "content": f"answer {i}"}]}) + "\n"
+                            for i in range(4)))
+    cfg = SFTConfig(model=str(tiny_model_dir), data=str(data), max_steps=2, batch_size=2, lr=1e-2, device="cpu",
+                    defenses=[{"name": "safelora", "base": str(tiny_model_dir), "aligned_adapter": str(safety),
+                               "threshold": 1.0, "every": 1}])
+    run = run_sft(cfg, tmp_path / "run").run_dir
+    rows = [json.loads(x) for x in (run / "safelora.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]  # every step; none repeated after the last one
+    # the safety adapter covers q_proj and v_proj only: the other modules have no signal and are left alone
+    assert rows[-1]["n_projected"] == 4 and len(rows[-1]["no_signal"]) == rows[-1]["n_modules"] - 4
+    record = json.loads((run / "manifest.json").read_text())["defenses"]["safelora"]
+    assert record["projections"] == 2 and record["final"]["pdst"] == pytest.approx(1.0)
+    metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any(m.get("defense/safelora/n_projected") == 4 for m in metrics)
+
+
 def _cli(*args) -> int:
     from spillover.cli import main
 
