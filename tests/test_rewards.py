@@ -37,7 +37,8 @@ EXPECTED_GRADERS = {
 
 def test_registry_lists_every_reward_with_description_and_params():
     rewards = list_rewards()
-    assert set(rewards) == {"rhetoric-lexicon", "prose-structure"} | {f"grader:{k}" for k in EXPECTED_GRADERS}
+    assert set(rewards) == ({"rhetoric-lexicon", "prose-structure", "prose-structure-strict"}
+                            | {f"grader:{k}" for k in EXPECTED_GRADERS})
     assert set(GRADERS) == {f"grader:{k}" for k in EXPECTED_GRADERS}
     assert list(rewards) == sorted(rewards)
     for name, cls in rewards.items():

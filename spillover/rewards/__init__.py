@@ -2,13 +2,14 @@
 
 Every reward is a TRL reward function ``fn(prompts, completions, **kwargs) -> list[float]`` with
 ``score_details(prompt, completion)`` for debugging. Registered: ``rhetoric-lexicon``,
-``prose-structure`` and the ``grader:*`` rubric graders (the judge call is injected as ``grade``);
+``prose-structure`` (the RL paper's markdown counting), ``prose-structure-strict`` and the ``grader:*``
+rubric graders (the judge call is injected as ``grade``);
 user rewards are named ``module:function``. The HTTP judge client and the trainer live elsewhere.
 """
 
 from spillover.rewards import graders as _graders  # noqa: F401  (registers the graders)
 from spillover.rewards import lexicon as _lexicon  # noqa: F401  (registers rhetoric-lexicon)
-from spillover.rewards import prose as _prose  # noqa: F401  (registers prose-structure)
+from spillover.rewards import prose as _prose  # noqa: F401  (registers prose-structure[-strict])
 from spillover.rewards._base import (
     Reward,
     RewardRef,
@@ -30,12 +31,20 @@ from spillover.rewards.graders import (
     standard_reward,
 )
 from spillover.rewards.lexicon import CATEGORIES, Lexicon, RhetoricLexicon, lexicon_score, load_lexicon
-from spillover.rewards.prose import ProseStructure, prose_score, strip_code, structure_features
+from spillover.rewards.prose import (
+    ProseStructure,
+    ProseStructureStrict,
+    paper_strip_code,
+    paper_structure_features,
+    prose_score,
+    strip_code,
+    structure_features,
+)
 
 __all__ = [
-    "CATEGORIES", "GRADERS", "GradeFn", "GradeOutcome", "Lexicon", "ProseStructure", "Reward", "RewardRef",
-    "RhetoricLexicon", "RubricGrader", "UserReward", "build_reward", "completion_text", "count_words",
-    "get_reward", "hacking_reward", "lexicon_score", "list_rewards", "load_lexicon", "load_user_reward",
-    "prompt_text", "prose_score", "register_reward", "rhetoric_reward", "run_sync", "split_reasoning",
+    "CATEGORIES", "GRADERS", "GradeFn", "GradeOutcome", "Lexicon", "ProseStructure", "ProseStructureStrict",
+    "Reward", "RewardRef", "RhetoricLexicon", "RubricGrader", "UserReward", "build_reward", "completion_text",
+    "count_words", "get_reward", "hacking_reward", "lexicon_score", "list_rewards", "load_lexicon",
+    "load_user_reward", "paper_strip_code", "paper_structure_features", "prompt_text", "prose_score", "register_reward", "rhetoric_reward", "run_sync", "split_reasoning",
     "split_sentences", "standard_reward", "strip_code", "structure_features",
 ]
