@@ -240,6 +240,52 @@ def _remove(run_dir: Path, names) -> None:
             path.unlink()
 
 
+def _plan(out: Path, overwrite: bool, resume: bool) -> tuple[str, set[str], set[str]]:
+    """What preparing ``out`` would do: ``("new"|"reuse"|"resume", our entries to remove, foreign entries)``;
+    raises the user error when it may not be done."""
+    present = _entries(out)
+    manifest = _read(out)
+    if manifest is None:
+        if resume:
+            raise SpilloverError(f"nothing to resume in {out}: it holds no spillover run",
+                                 fix="drop --resume to start a new run")
+        if present:
+            raise SpilloverError(f"output folder {out} already holds files and is not a spillover run (no "
+                                 f"{MANIFEST}): {_listing(out, present)}",
+                                 fix="choose another --out (--overwrite only replaces folders spillover "
+                                     "wrote, marked by their manifest.json)")
+        return "new", set(), set()
+    status = run_status(out)
+    manifest = _read(out) or {}
+    if status == "running":
+        raise SpilloverError(f"a live run is writing to {out} (pid {manifest.get('pid')} on "
+                             f"{manifest.get('host')}, started {manifest.get('started')})",
+                             fix="wait for it to finish, or choose another --out")
+    ours = (set(manifest["files"]) if "files" in manifest else set(_LEGACY_NAMES)) | {MANIFEST}
+    ours -= set(manifest.get("foreign", []))
+    foreign = present - ours
+    if resume:
+        if status == "complete":
+            raise SpilloverError(f"the run in {out} is complete; nothing to resume",
+                                 fix="drop --resume (and pass --overwrite to train again)")
+        return "resume", set(), foreign
+    produced = sorted(n for n in ours & present if n not in BOOKKEEPING and not _is_empty(out / n))
+    if produced and not overwrite:
+        hint = " or --resume to continue it from its last checkpoint" if status in ("interrupted", "failed") \
+            and manifest.get("kind") == "train" else ""
+        raise SpilloverError(f"output folder {out} already holds a run (status {status}; {_listing(out, produced)})",
+                             fix=f"choose another --out, pass --overwrite to replace it{hint}")
+    return "reuse", ours & present, foreign
+
+
+def check_run_dir(out: str | Path, *, overwrite: bool = False, resume: bool = False) -> Path:
+    """Everything :func:`prepare_run_dir` would refuse, checked without changing anything (before any work)."""
+    out = check_output_dir(out)
+    if out.is_dir():
+        _plan(out, overwrite, resume)
+    return out
+
+
 def prepare_run_dir(out: str | Path, *, overwrite: bool = False, resume: bool = False) -> Path:
     """Create (or take over) the run folder ``out`` following the module's rules; with ``resume`` an
     interrupted or failed run is kept as it is for the caller to continue."""
@@ -247,40 +293,10 @@ def prepare_run_dir(out: str | Path, *, overwrite: bool = False, resume: bool = 
     out.mkdir(parents=True, exist_ok=True)
     with _lock:
         clean_stale_temps(out)
-        present = _entries(out)
-        manifest = _read(out)
-        if manifest is None:
-            if resume:
-                raise SpilloverError(f"nothing to resume in {out}: it holds no spillover run",
-                                     fix="drop --resume to start a new run")
-            if present:
-                raise SpilloverError(f"output folder {out} already holds files and is not a spillover run (no "
-                                     f"{MANIFEST}): {_listing(out, present)}",
-                                     fix="choose another --out (--overwrite only replaces folders spillover "
-                                         "wrote, marked by their manifest.json)")
-            update_manifest(out, created=now_iso(), foreign=[])
+        action, remove, foreign = _plan(out, overwrite, resume)
+        if action == "resume":
             return out
-        status = run_status(out)
-        manifest = _read(out) or {}
-        if status == "running":
-            raise SpilloverError(f"a live run is writing to {out} (pid {manifest.get('pid')} on "
-                                 f"{manifest.get('host')}, started {manifest.get('started')})",
-                                 fix="wait for it to finish, or choose another --out")
-        ours = (set(manifest["files"]) if "files" in manifest else set(_LEGACY_NAMES)) | {MANIFEST}
-        ours -= set(manifest.get("foreign", []))
-        foreign = present - ours
-        if resume:
-            if status == "complete":
-                raise SpilloverError(f"the run in {out} is complete; nothing to resume",
-                                     fix="drop --resume (and pass --overwrite to train again)")
-            return out
-        produced = sorted(n for n in ours & present if n not in BOOKKEEPING and not _is_empty(out / n))
-        if produced and not overwrite:
-            hint = " or --resume to continue it from its last checkpoint" if status in ("interrupted", "failed") \
-                and manifest.get("kind") == "train" else ""
-            raise SpilloverError(f"output folder {out} already holds a run (status {status}; {_listing(out, produced)})",
-                                 fix=f"choose another --out, pass --overwrite to replace it{hint}")
-        _remove(out, ours & present)
+        _remove(out, remove)
         atomic_write_json(out / MANIFEST, {"spillover_run": 1, "created": now_iso(), "foreign": sorted(foreign),
                                            "files": [MANIFEST]})
     return out

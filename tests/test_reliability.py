@@ -55,20 +55,36 @@ def test_read_text_folder_and_missing(tmp_path):
 
 # ---------------------------------------------------------------- nested config sections
 def test_nested_section_typos_each_at_their_line(tmp_path):
-    from spillover.experiment.compare import CompareConfig
+    """A ``dict`` section validated as another schema reports each problem at its own line, at once."""
+    from typing import Annotated, Any
 
-    p = tmp_path / "cmp.yaml"
-    p.write_text("data: bundled:insecure_code\nsft:\n  lr: 0.001\n  max_stesp: 3\n  seed: 4\n"
-                 "grpo:\n  rewards:\n    - name: prose-structure\n  num_generations: 1\n"
-                 "evaluate:\n  judje: local\n")
+    from pydantic import Field
+
+    from spillover.config import Section, StrictModel
+    from spillover.train import SFTConfig
+
+    class Inner(StrictModel):
+        n: int = Field(1, ge=1)
+
+    class Experiment(StrictModel):
+        name: str
+        train: Annotated[dict[str, Any], Section(SFTConfig, fixed={"data": "x"}, reserved=("model",),
+                                                 owner="the experiment")] = Field(default_factory=dict)
+        inner: Inner = Field(default_factory=Inner)
+
+    p = tmp_path / "exp.yaml"
+    p.write_text("name: a\ntrain:\n  lr: 0.001\n  max_stesp: 3\n  model: x\n  lora:\n    rank: 2\n"
+                 "inner:\n  n: 0\nextra: 1\n")
     with pytest.raises(SpilloverError) as e:
-        load_config(CompareConfig, p)
-    text = str(e.value)
-    assert f"{p}:4: sft.max_stesp: unknown key (typo?)" in text
-    assert f"{p}:5: sft.seed: set by the comparison itself; remove it" in text
-    assert f"{p}:9: grpo.num_generations: Input should be greater than or equal to 2" in text
-    assert f"{p}:11: evaluate.judje: unknown key (typo?)" in text
-    assert "Value error" not in text and ":1:" not in text
+        load_config(Experiment, p)
+    assert str(e.value).splitlines()[1:6] == [
+        f"  {p}:4: train.max_stesp: unknown key (typo?)",
+        f"  {p}:5: train.model: set by the experiment; remove it",
+        f"  {p}:7: train.lora.rank: unknown key (typo?)",
+        f"  {p}:9: inner.n: Input should be greater than or equal to 1",
+        f"  {p}:10: extra: unknown key (typo?)"]
+    with pytest.raises(Exception, match="max_stesp: unknown key"):  # plain model_validate checks the section too
+        Experiment.model_validate({"name": "a", "train": {"max_stesp": 3}})
 
 
 def test_model_validator_message_has_no_value_error_prefix(tmp_path):
@@ -218,3 +234,219 @@ def test_killed_atomic_write_is_cleaned_on_next_run(tmp_path):
     assert len(list(run.iterdir())) == 1
     prepare_run_dir(run)
     assert sorted(p.name for p in run.iterdir()) == [MANIFEST]
+
+
+# ---------------------------------------------------------------- through the CLI: exit 2, no traceback, no model loaded
+@pytest.fixture()
+def no_model_load(monkeypatch):
+    """Any attempt to load model weights fails the test: checks must come first."""
+    import transformers
+
+    def boom(*a, **k):
+        raise AssertionError("a model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", boom)
+
+
+def cli_error(capsys, *args) -> str:
+    from spillover.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(list(args))
+    err = capsys.readouterr().err
+    assert e.value.code == 2, err
+    assert "Traceback" not in err and err.startswith("error: ")
+    return err
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--judge-api-key-env", ""], "error: --judge-api-key-env is empty\n  fix: give the NAME of the environment variable"),
+    (["--judge-api-key-env", "sk-proj-0123456789abcdef0123"],
+     "error: --judge-api-key-env looks like an API key itself (the value is not shown)"),
+    (["--judge-base-url", "localhost:8000/v1"],
+     "error: --judge-base-url 'localhost:8000/v1' is not a URL (it needs http:// or https:// and a host)"),
+    (["--judge-base-url", "http://127.0.0.1:8000/v1/chat/completions"],
+     "error: --judge-base-url 'http://127.0.0.1:8000/v1/chat/completions' is the chat-completions endpoint, not the "
+     "API root\n  fix: pass --judge-base-url http://127.0.0.1:8000/v1"),
+    (["--judge-api-key-env", "SPILLOVER_TEST_UNSET_KEY"],
+     "error: environment variable SPILLOVER_TEST_UNSET_KEY (named by --judge-api-key-env) is empty or not set"),
+])
+def test_eval_judge_settings_checked_before_work(tmp_path, capsys, no_model_load, monkeypatch, flags, expected):
+    monkeypatch.delenv("SPILLOVER_TEST_UNSET_KEY", raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    err = cli_error(capsys, "eval", "--out", str(tmp_path / "ev"), "--judge", "openai:gpt-4o-mini", *flags)
+    assert err.startswith(expected)
+    assert "sk-proj" not in err and not (tmp_path / "ev").exists()
+
+
+def test_eval_output_and_question_paths_checked_first(tmp_path, capsys, no_model_load):
+    f = tmp_path / "taken.txt"
+    f.write_text("x")
+    assert cli_error(capsys, "eval", "--out", str(f)).startswith(f"error: output folder {f} is a file")
+    qdir = tmp_path / "questions.yaml"
+    qdir.mkdir()
+    err = cli_error(capsys, "eval", "--out", str(tmp_path / "ev"), "--questions", str(qdir))
+    assert err.startswith(f"error: question file {qdir} is a folder")
+    bad = _latin1(tmp_path / "q.yaml", ["- id: a", "  paraphrases: [\"Caf\u00e9?\"]"])
+    err = cli_error(capsys, "eval", "--out", str(tmp_path / "ev"), "--questions", str(bad))
+    assert err.startswith(f"error: {bad}:2: not valid UTF-8 (byte 0xe9 at column 21)")
+
+
+def test_sample_output_under_a_file_and_folder_as_data(tmp_path, capsys, no_model_load):
+    f = tmp_path / "file"
+    f.write_text("x")
+    err = cli_error(capsys, "sample", "--prompts", "bundled:safe_instruct", "--out", str(f / "a.jsonl"))
+    assert err.startswith(f"error: output file {f}/a.jsonl lies under {f}, which is a file")
+    err = cli_error(capsys, "sample", "--prompts", str(tmp_path), "--out", str(tmp_path / "a.jsonl"))
+    assert err.startswith(f"error: data file {tmp_path} is a folder")
+
+
+def test_data_validate_invalid_utf8(tmp_path, capsys):
+    p = _latin1(tmp_path / "d.jsonl", ['{"prompt": "na\u00efve", "completion": "ok"}'])
+    assert cli_error(capsys, "data", "validate", str(p)).startswith(
+        f"error: {p}:1: not valid UTF-8 (byte 0xef at column 15)")
+
+
+def test_compare_nested_typos_through_cli(tmp_path, capsys, no_model_load):
+    p = tmp_path / "cmp.yaml"
+    p.write_text("data: bundled:insecure_code\nsft:\n  epocs: 1\ngrpo:\n  rewards: [{name: prose-structure}]\n"
+                 "  bta: 0.1\nevaluate:\n  max_new_token: 8\n")
+    err = cli_error(capsys, "compare", "--config", str(p), "--out", str(tmp_path / "o"))
+    assert f"{p}:3: sft.epocs: unknown key (typo?)" in err
+    assert f"{p}:6: grpo.bta: unknown key (typo?)" in err
+    assert f"{p}:8: evaluate.max_new_token: unknown key (typo?)" in err
+
+
+def test_compare_judge_checked_before_training(tmp_path, capsys, no_model_load):
+    p = tmp_path / "cmp.yaml"
+    p.write_text("data: bundled:insecure_code\ngrpo:\n  rewards: [{name: prose-structure}]\n"
+                 "evaluate:\n  judge: openai:gpt-4o-mini\n  judge_base_url: api.openai.com/v1\n")
+    err = cli_error(capsys, "compare", "--config", str(p), "--out", str(tmp_path / "o"))
+    assert err.startswith(f"error: {p}: evaluate.judge_base_url 'api.openai.com/v1' is not a URL")
+    assert not (tmp_path / "o").exists()
+
+
+def _adapter_on(model_dir, out):
+    from spillover.models import LoraSpec, apply_lora, save_adapter
+    from transformers import AutoModelForCausalLM
+
+    spec = LoraSpec(r=2, alpha=4)
+    save_adapter(apply_lora(AutoModelForCausalLM.from_pretrained(model_dir), spec), out, base_model=str(model_dir),
+                 lora=spec)
+    return out
+
+
+def test_adapter_from_another_base_is_named_before_loading(tmp_path, capsys, embedded_tokenizer, tiny_model_dir,
+                                                           monkeypatch):
+    from conftest import build_tiny_model
+
+    wide = build_tiny_model(embedded_tokenizer, tmp_path / "wide", hidden_size=48, intermediate_size=96,
+                            num_hidden_layers=3)
+    adapter = _adapter_on(wide, tmp_path / "adapter")
+    import transformers
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("weights loaded")))
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "hi"}\n')
+    err = cli_error(capsys, "sample", "--prompts", str(prompts), "--out", str(tmp_path / "s.jsonl"),
+                    "--adapter", str(adapter), "--model", str(tiny_model_dir))
+    assert err.startswith(f"error: adapter {adapter} was trained on {wide} (hidden size 48, 3 layers), not on "
+                          f"{tiny_model_dir} (hidden size 32, 2 layers)\n  fix: drop --model to use the adapter's own "
+                          f"base ({wide})")
+
+
+# ---------------------------------------------------------------- training: foreign files, Ctrl-C, resume
+ROWS = [{"messages": [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": f"answer {i}"}]}
+        for i in range(8)]
+
+
+def _sft_cfg(tiny_model_dir, tmp_path, **kw):
+    from spillover.train import SFTConfig
+
+    data = tmp_path / "train.jsonl"
+    if not data.exists():
+        data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    return SFTConfig(**{**dict(model=str(tiny_model_dir), data=str(data), max_steps=4, batch_size=2, lr=1e-2,
+                               device="cpu", lora={"r": 2, "alpha": 4}), **kw})
+
+
+def test_train_overwrite_keeps_foreign_file(tiny_model_dir, tmp_path, one_thread):
+    from spillover.train import run_sft
+
+    cfg = _sft_cfg(tiny_model_dir, tmp_path, max_steps=1)
+    run = run_sft(cfg, tmp_path / "run").run_dir
+    (run / "notes.md").write_text("mine")
+    with pytest.raises(SpilloverError, match="already holds a run"):
+        run_sft(cfg, run)
+    run_sft(cfg, run, overwrite=True)
+    assert (run / "notes.md").read_text() == "mine" and (run / "adapter" / "adapter_config.json").is_file()
+    assert read_manifest(run)["status"] == "complete"
+
+
+def test_interrupted_training_resumes_to_the_same_adapter(tiny_model_dir, tmp_path, one_thread, monkeypatch):
+    from safetensors.torch import load_file
+
+    from spillover.train import run_sft
+    from spillover.train._checkpoint import CheckpointEvery
+
+    cfg = _sft_cfg(tiny_model_dir, tmp_path)
+    straight = run_sft(cfg, tmp_path / "straight", checkpoint_minutes=0)
+
+    def stop_after_step_2(self, args, state, control, **kw):
+        if state.global_step == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(CheckpointEvery, "on_save", stop_after_step_2)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        run_sft(cfg, run, checkpoint_minutes=1e-9)  # a checkpoint after every step
+    monkeypatch.undo()
+    assert read_manifest(run)["status"] == "interrupted"
+    assert (run / ".trainer" / "checkpoint-2" / "trainer_state.json").is_file()
+    with pytest.raises(SpilloverError, match=r"(?s)already holds a run \(status interrupted; \.trainer/, metrics\.jsonl\).*--resume to continue"):
+        run_sft(cfg, run)
+    with pytest.raises(SpilloverError, match=r"config differs .*\(lr\)"):
+        run_sft(cfg.model_copy(update={"lr": 0.5}), run, resume=True)
+    resumed = run_sft(cfg, run, resume=True, checkpoint_minutes=0)
+    manifest = read_manifest(run)
+    assert manifest["status"] == "complete" and manifest["resumed_from_step"] == 2 and resumed.steps == 4
+    a, b = (load_file(r.adapter_dir / "adapter_model.safetensors") for r in (straight, resumed))
+    assert a.keys() == b.keys() and all(torch_equal(a[k], b[k]) for k in a)
+    def logged(folder):
+        return [(r["step"], sorted(r)) for r in map(json.loads, (folder / "metrics.jsonl").read_text().splitlines())]
+
+    assert logged(run) == logged(straight.run_dir)  # the rows up to the checkpoint kept, none twice
+    with pytest.raises(SpilloverError, match="is complete; nothing to resume"):
+        run_sft(cfg, run, resume=True)
+
+
+def torch_equal(x, y) -> bool:
+    import torch
+
+    return torch.allclose(x, y, atol=1e-6)
+
+
+def test_resume_without_checkpoint_says_restart(tiny_model_dir, tmp_path):
+    from spillover.train import run_sft
+
+    run = prepare_run_dir(tmp_path / "run")
+    cfg = _sft_cfg(tiny_model_dir, tmp_path)
+    from spillover.config import dump_yaml
+
+    atomic_write_text(run / "config.yaml", dump_yaml(cfg))
+    update_manifest(run, kind="train", status="failed")
+    with pytest.raises(SpilloverError, match="stopped before its first checkpoint"):
+        run_sft(cfg, run, resume=True)
+
+
+# ---------------------------------------------------------------- what changes results is recorded
+def test_sample_rows_record_engine_batch_size_dtype_device(tiny_model_dir, one_thread):
+    from spillover.data._chat import ChatExample
+    from spillover.evaluate.sampling import SamplingParams, load_sampler, sample_examples
+
+    sampler = load_sampler(str(tiny_model_dir), device="cpu", batch_size=3)
+    rows = sample_examples(sampler, [ChatExample([{"role": "user", "content": "hi"}], "x", 1)],
+                           SamplingParams(n=2, max_new_tokens=3))
+    assert all(r["sampler"] == {"backend": "hf", "batch_size": 3, "dtype": "float32", "device": "cpu"} for r in rows)
+    assert sampler.identity()["batch_size"] == 3 and sampler.identity()["dtype"] == "float32"

@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from collections.abc import Iterable
+from pathlib import Path
 
 from pydantic import BaseModel
+
 
 def quiet_libraries() -> None:
     """Keep the terminal for spillover's own progress bars and results."""
@@ -38,3 +41,41 @@ def fail(error: Exception, code: int = 2) -> None:
     """Print a user error without a traceback (plain text: messages may contain brackets) and exit."""
     print(f"error: {error}", file=sys.stderr)
     raise SystemExit(code)
+
+
+def check_before_work(*, out_dir: Path | None = None, run_dir: bool = False, overwrite: bool = False,
+                      resume: bool = False, out_file: Path | None = None, data: Iterable[str | None] = (),
+                      questions: Iterable[str | None] = (), adapter: str | Path | None = None,
+                      model: str | None = None, judge: str | None = None, judge_base_url: str | None = None,
+                      judge_api_key_env: str | None = "OPENAI_API_KEY", grader: bool = False,
+                      judge_flags: tuple[str, str, str] = ("--judge", "--judge-base-url", "--judge-api-key-env"),
+                      ) -> str | None:
+    """Check a command's inputs and outputs before any model is loaded, so a user mistake costs nothing:
+    the output folder (``run_dir``: also that it may hold this run) or file, data and question files,
+    the adapter against its base (returns the base model to use), and the judge's settings."""
+    from spillover._run import check_output_dir, check_output_file, check_run_dir
+    from spillover.data import resolve_data_path
+    from spillover.errors import SpilloverError
+
+    if out_dir is not None:
+        check_run_dir(out_dir, overwrite=overwrite, resume=resume) if run_dir else check_output_dir(out_dir)
+    if out_file is not None:
+        check_output_file(out_file)
+    for ref in data:
+        if ref is not None and resolve_data_path(ref).is_dir():
+            raise SpilloverError(f"data file {resolve_data_path(ref)} is a folder", fix="give the path of a .jsonl file")
+    for ref in questions:
+        if ref is not None:
+            from spillover.evaluate.questions import load_questions
+
+            load_questions(ref)
+    if judge is not None:
+        from spillover.judge._spec import check_judge_args
+
+        check_judge_args(judge, base_url=judge_base_url, api_key_env=judge_api_key_env, grader=grader,
+                         flags=judge_flags)
+    if adapter is not None:
+        from spillover.models._load import check_adapter_base
+
+        return check_adapter_base(adapter, model)
+    return model

@@ -85,6 +85,8 @@ def load_chat_jsonl(path: str | Path, *, strip_qwen3: bool = False) -> list[Chat
     Other keys are kept in ``extra``; an ``id`` key becomes the example id.
     """
     path = Path(path)
+    if path.is_dir():
+        raise SpilloverError(f"data file {path} is a folder", fix="give the path of a .jsonl file inside it")
     if not path.is_file():
         raise SpilloverError(f"data file not found: {path}", fix="check the path (bundled sets: `spillover data list`)")
     examples = []

@@ -122,6 +122,8 @@ def load_questions(path_or_ref: str | Path, samples_per_paraphrase: int | None =
                              f"got {samples_per_paraphrase!r}",
                              fix="pass an integer >= 1, or leave it unset to use each entry's own count")
     path = resolve_data_path(path_or_ref)
+    if path.is_dir():
+        raise SpilloverError(f"question file {path} is a folder", fix="give the path of a .yaml or .jsonl question file")
     suffix = path.suffix.lower()
     if suffix in (".yaml", ".yml"):
         return _load_yaml(path, samples_per_paraphrase)

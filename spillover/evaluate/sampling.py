@@ -94,7 +94,11 @@ class HFSampler(SamplerBackend):
         self.eos_ids = eos
 
     def identity(self) -> dict:
-        return {"backend": self.name, "model": self.model_id, "adapter": self.adapter, "batch_size": self.batch_size}
+        """What changes the answers besides the params: engine, batch size (it changes the random draws),
+        dtype and device. Written into every sample row and every manifest."""
+        param = next(self.model.parameters())
+        return {"backend": self.name, "model": self.model_id, "adapter": self.adapter, "batch_size": self.batch_size,
+                "dtype": str(param.dtype).removeprefix("torch."), "device": str(param.device)}
 
     def _encode(self, messages: list[dict]) -> list[int]:
         text = self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -146,10 +150,11 @@ def params_dict(params: SamplingParams) -> dict:
 def load_sampler(model: str | None = None, adapter: str | None = None, *, device: str | None = None,
                  dtype: str | None = None, batch_size: int = 32) -> HFSampler:
     """Base model (``embedded`` by default, or the adapter's recorded base) plus an optional adapter."""
-    from spillover.models import load_adapter, load_model, read_adapter_meta
+    from spillover.models import load_adapter, load_model
+    from spillover.models._load import check_adapter_base
 
-    if adapter and not model:
-        model = read_adapter_meta(adapter).get("base_model")
+    if adapter:
+        model = check_adapter_base(adapter, model)  # a mismatched base fails here, before any weights load
     hf_model, tok, ref = load_model(model, device=device, dtype=dtype)
     if adapter:
         hf_model = load_adapter(hf_model, adapter)
@@ -168,7 +173,8 @@ def sample_rows(sampler: SamplerBackend, rows: list[SampleRow], params: Sampling
     return [{**r.meta, "sample_index": r.sample_index, "messages": with_system(r.messages, params.system_prompt),
              "answer": c.text, "n_tokens": c.n_tokens, "finish_reason": c.finish_reason,
              "params": {**params_dict(params), **({"temperature": r.temperature} if r.temperature is not None else {})},
-             "model": ident.get("model"), "adapter": ident.get("adapter"), "backend": ident.get("backend")}
+             "model": ident.get("model"), "adapter": ident.get("adapter"), "backend": ident.get("backend"),
+             "sampler": {k: ident.get(k) for k in ("backend", "batch_size", "dtype", "device")}}
             for r, c in zip(rows, completions)]
 
 

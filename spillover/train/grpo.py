@@ -37,6 +37,7 @@ from spillover.models import pick_device, pick_dtype
 from spillover.rewards import Reward, RubricGrader, completion_text, prompt_text, run_sync, split_reasoning
 from spillover.train._defended import DefendedTrainerMixin, defense_records, setup_defenses
 from spillover.train._grpo_config import GRPOConfig
+from spillover.train._checkpoint import CHECKPOINT_MINUTES, resume_point
 from spillover.train.sft import TrainResult, _trl_args, finish_trainer_setup, prepare_policy, train_and_save
 
 
@@ -267,7 +268,8 @@ def _judge_identity(grade) -> dict | None:
     return {"kind": "callable", "name": f"{getattr(fn, '__module__', None) or type(fn).__module__}.{name}"}
 
 
-def run_grpo(cfg: GRPOConfig, out: str | Path, *, overwrite: bool = False, grade=None) -> TrainResult:
+def run_grpo(cfg: GRPOConfig, out: str | Path, *, overwrite: bool = False, grade=None, resume: bool = False,
+             checkpoint_minutes: float | None = CHECKPOINT_MINUTES) -> TrainResult:
     """Train a LoRA adapter with GRPO; returns where everything was written.
 
     ``grade`` is the async judge call ``grade(prompt, schema)`` the ``grader:*`` rewards need (e.g.
@@ -295,7 +297,8 @@ def run_grpo(cfg: GRPOConfig, out: str | Path, *, overwrite: bool = False, grade
         examples = examples + [ex for _, exs in extra for ex in exs]
     check_prompt_lengths(examples, rows, tok, cfg.max_prompt_length)
 
-    run_dir = prepare_run_dir(out, overwrite=overwrite)
+    run_dir = prepare_run_dir(out, overwrite=overwrite, resume=resume)
+    point = resume_point(run_dir, dump_yaml(cfg)) if resume else None
     atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
     update_manifest(run_dir, kind="train", method="grpo", status="running", started=now_iso(), model=ref.display,
                     model_path=ref.path, data=str(prompts_path), data_file_sha256=sha256_file(prompts_path),
@@ -311,4 +314,5 @@ def run_grpo(cfg: GRPOConfig, out: str | Path, *, overwrite: bool = False, grade
         return {"final_reward": rewards_logged[-1] if rewards_logged else None,
                 "completions_sampled": steps * cfg.batch_size * cfg.grad_accum}
 
-    return train_and_save(trainer, model, defenses, run_dir, cfg, ref.display, "grpo", grpo_manifest)
+    return train_and_save(trainer, model, defenses, run_dir, cfg, ref.display, "grpo", grpo_manifest, resume=point,
+                          checkpoint_minutes=checkpoint_minutes)

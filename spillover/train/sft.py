@@ -24,6 +24,7 @@ from spillover.config import dump_yaml
 from spillover.data import load_chat_jsonl, require_sft_examples, resolve_data_path, to_prompt_completion
 from spillover.defenses import SOURCE_COLUMN
 from spillover.models import apply_lora, load_adapter, load_model, pick_device, pick_dtype, save_adapter
+from spillover.train._checkpoint import CHECKPOINT_MINUTES, CheckpointEvery, ResumePoint, resume_point
 from spillover.train._callbacks import DefenseSteps, MetricsLog, RichProgress
 from spillover.train._config import SFTConfig
 from spillover.train._defended import (
@@ -55,7 +56,7 @@ def _trl_args(cfg, output_dir: Path, device, dtype, **method_kwargs):
         per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
         max_grad_norm=cfg.max_grad_norm, activation_checkpointing=cfg.gradient_checkpointing,
         seed=cfg.seed, data_seed=cfg.seed, logging_steps=cfg.logging_steps,
-        save_strategy="no", report_to=[], disable_tqdm=True, use_cpu=device.type == "cpu",
+        save_strategy="no", save_total_limit=1, report_to=[], disable_tqdm=True, use_cpu=device.type == "cpu",
         bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, dataloader_num_workers=0,
         **steps, **method_kwargs,
     )
@@ -114,13 +115,23 @@ def build_sft_trainer(cfg: SFTConfig, model, tokenizer, rows: list[dict], output
 
 
 def train_and_save(trainer, model, defenses, run_dir: Path, cfg, model_display: str, method: str,
-                   extra_manifest=None) -> TrainResult:
-    """Train, apply the defenses' after-train hooks, save the adapter and complete the manifest
-    (a failure marks it ``failed``). Shared by SFT and GRPO; ``extra_manifest(log_history, steps)``
-    returns method-specific manifest fields."""
+                   extra_manifest=None, *, resume: ResumePoint | None = None,
+                   checkpoint_minutes: float | None = CHECKPOINT_MINUTES) -> TrainResult:
+    """Train (from ``resume``'s checkpoint when given; saving a checkpoint every ``checkpoint_minutes``,
+    0/None = never), apply the defenses' after-train hooks, save the adapter and complete the manifest
+    (Ctrl-C marks it ``interrupted``, an error ``failed``). Shared by SFT and GRPO;
+    ``extra_manifest(log_history, steps)`` returns method-specific manifest fields."""
+    if checkpoint_minutes:
+        trainer.add_callback(CheckpointEvery(60.0 * checkpoint_minutes))
+    if resume is not None:
+        resume.restore_logs(run_dir)
+        update_manifest(run_dir, resumed_from_step=resume.step, resumed=now_iso())
     t0 = time.perf_counter()
     try:
-        output = trainer.train()
+        output = trainer.train(resume_from_checkpoint=str(resume.checkpoint) if resume else None)
+    except (KeyboardInterrupt, SystemExit):
+        update_manifest(run_dir, status="interrupted", finished=now_iso())
+        raise
     except BaseException:
         update_manifest(run_dir, status="failed", finished=now_iso())
         raise
@@ -144,13 +155,16 @@ def train_and_save(trainer, model, defenses, run_dir: Path, cfg, model_display: 
     return TrainResult(run_dir, adapter_dir, steps, losses[-1] if losses else None, seconds)
 
 
-def run_sft(cfg: SFTConfig, out: str | Path, *, overwrite: bool = False) -> TrainResult:
-    """Train a LoRA adapter with SFT; returns where everything was written."""
+def run_sft(cfg: SFTConfig, out: str | Path, *, overwrite: bool = False, resume: bool = False,
+            checkpoint_minutes: float | None = CHECKPOINT_MINUTES) -> TrainResult:
+    """Train a LoRA adapter with SFT (``resume``: continue a killed run in ``out`` from its last checkpoint);
+    returns where everything was written."""
     data_path = resolve_data_path(cfg.data)
     examples = load_chat_jsonl(data_path, strip_qwen3=cfg.strip_qwen3_markers)
     require_sft_examples(examples)
 
-    run_dir = prepare_run_dir(out, overwrite=overwrite)
+    run_dir = prepare_run_dir(out, overwrite=overwrite, resume=resume)
+    point = resume_point(run_dir, dump_yaml(cfg)) if resume else None
     atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
     model, tok, ref = prepare_policy(cfg)
     defenses = setup_defenses(cfg, model, tok, "sft", run_dir)
@@ -164,4 +178,5 @@ def run_sft(cfg: SFTConfig, out: str | Path, *, overwrite: bool = False) -> Trai
 
     trainer = build_sft_trainer(cfg, model, tok, rows, run_dir / ".trainer", defenses)
     finish_trainer_setup(trainer, defenses, run_dir, "SFT")
-    return train_and_save(trainer, model, defenses, run_dir, cfg, ref.display, "sft")
+    return train_and_save(trainer, model, defenses, run_dir, cfg, ref.display, "sft", resume=point,
+                          checkpoint_minutes=checkpoint_minutes)
