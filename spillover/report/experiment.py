@@ -245,6 +245,16 @@ def _cell(est: AcrossSeeds | None, scale: str = "rate", denominator: str = "scor
     return fmt.Plain(text[:-1] + f", {est.n_seeds} seed{'s' if est.n_seeds != 1 else ''})")
 
 
+def _probe_cell(est: AcrossSeeds | None) -> str:
+    if est is None:
+        return fmt.Plain("not probed")
+    value, lo, hi = fmt.finite(est.value), fmt.finite(est.ci_low), fmt.finite(est.ci_high)
+    if value is None:
+        return fmt.Plain(f"{fmt.NA} (n=0)")
+    ci = f" [{lo:+.3f}, {hi:+.3f}]" if lo is not None and hi is not None else " [no CI]"
+    return fmt.Plain(f"{value:+.3f}{ci} ({est.n_clusters} pairs, {est.n_seeds} seed{'s' if est.n_seeds != 1 else ''})")
+
+
 def _diff_cell(d: Difference, scale: str) -> str:
     value = fmt.finite(d.value)
     if value is None:
@@ -272,7 +282,7 @@ def _summary_table(stats: dict, arms: Sequence) -> dict:
                           for m in RATE_METRICS]
         if has_in_domain:
             row.append(_cell(primary.get(a.name, {}).get("in_domain", {}).get("misalignment_rate")))
-        row += [_cell(stats["probe"].get(a.name, {}).get(k), "shift", "samples") for k in stats["probe_keys"]]
+        row += [_probe_cell(stats["probe"].get(a.name, {}).get(k)) for k in stats["probe_keys"]]
         rows.append(row)
     return {"headers": headers, "rows": rows}
 
@@ -282,19 +292,26 @@ def _probe_label(stats: dict, key: str) -> str:
 
 
 def _per_seed_table(stats: dict, arms: Sequence, seeds: Sequence[int]) -> dict:
+    """Arm x metric rows, one column per seed (within-seed CI) and the across-seed estimate."""
     primary = stats["per_judge"][stats["primary_judge"]]
-    headers = ["arm"] + [f"seed {s}" for s in seeds] + ["across seeds"]
+    headers = ["arm", "metric"] + [f"seed {s}" for s in seeds] + ["across seeds"]
     rows = []
     for a in arms:
-        est = primary.get(a.name, {}).get("general", {}).get("misalignment_rate")
-        if est is None:
-            rows.append([a.name] + [fmt.Plain("not evaluated")] * (len(seeds) + 1))
-            continue
-        cells = []
-        for s in seeds:
-            e = est.per_seed.get(str(s))
-            cells.append(fmt.estimate(e.to_dict()) if e is not None else fmt.Plain("not evaluated"))
-        rows.append([a.name, *cells, _cell(est)])
+        entries = [(f"{'in-domain ' if set_name == 'in_domain' else ''}{METRIC_LABELS[m]}", est, METRIC_SCALE[m],
+                    "samples" if m == "unscored_rate" else "scored")
+                   for set_name, metrics in primary.get(a.name, {}).items() for m, est in metrics.items()]
+        entries += [(f"probe {k} ({_probe_label(stats, k)})", est, "shift", "samples")
+                    for k, est in stats["probe"].get(a.name, {}).items()]
+        if not entries:
+            rows.append([a.name, fmt.Plain("all")] + [fmt.Plain("not evaluated")] * (len(seeds) + 1))
+        for label, est, scale, denominator in entries:
+            cells = []
+            for s in seeds:
+                e = est.per_seed.get(str(s))
+                cells.append(fmt.estimate(e.to_dict(), scale=scale, denominator=denominator) if e is not None
+                             else fmt.Plain("not evaluated"))
+            total = _probe_cell(est) if label.startswith("probe ") else _cell(est, scale, denominator)
+            rows.append([a.name, fmt.Plain(label), *cells, total])
     return {"headers": headers, "rows": rows}
 
 
