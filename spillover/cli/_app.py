@@ -222,19 +222,18 @@ def sample(
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda"),
     dtype: Optional[str] = typer.Option(None, help="auto | float32 | bfloat16 | float16"),
 ) -> None:
-    """Sample N answers per prompt from a base model or base + adapter."""
+    """Sample N answers per prompt from a base model or base + adapter (rerun the same command to resume)."""
     model = check_before_work(out_file=out, data=[prompts], adapter=adapter, model=model)
-    from spillover._io import atomic_write_jsonl
     from spillover.data import load_chat_jsonl, require_prompts, resolve_data_path
-    from spillover.evaluate.sampling import SamplingParams, load_sampler, sample_examples
+    from spillover.evaluate.run import sample_file
+    from spillover.evaluate.sampling import SamplingParams, load_sampler
 
     examples = load_chat_jsonl(resolve_data_path(prompts))
     require_prompts(examples)
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
                             system_prompt=system)
     sampler = load_sampler(model, str(adapter) if adapter else None, device=device, dtype=dtype, batch_size=batch_size)
-    rows = sample_examples(sampler, examples, params)
-    atomic_write_jsonl(out, rows)
+    rows = sample_file(sampler, examples, params, out, batch_size=batch_size)  # appended per batch; a rerun resumes
     typer.echo(f"{len(rows)} answers -> {out}")
 
 
@@ -427,3 +426,9 @@ def judge_train_activation(
 from spillover.cli._defenses import defenses_app  # noqa: E402
 
 app.add_typer(defenses_app, name="defenses")
+
+
+# ---------------------------------------------------------------- experiments: run, status, judge rerun
+from spillover.cli._run import register as _register_experiment_commands  # noqa: E402
+
+_register_experiment_commands(app)

@@ -146,5 +146,25 @@ def fault_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def fault_watch(name: str, path: str | os.PathLike) -> None:
+    """Crash-test hook for code we do not own (the trainer): with ``SPILLOVER_KILL_AT=name:N`` a daemon
+    thread SIGKILLs the process once ``path`` (a per-step JSONL log) holds N lines. Unset: no-op."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec or spec.partition(":")[0] != name:
+        return
+    import threading
+    import time
+
+    count, target = int(spec.partition(":")[2] or 1), Path(path)
+
+    def watch():
+        while True:
+            if target.is_file() and target.read_text(errors="replace").count("\n") >= count:
+                os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(0.01)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def to_jsonable(obj: Any) -> Any:
     return obj.model_dump(mode="json") if isinstance(obj, BaseModel) else obj

@@ -1,37 +1,58 @@
-"""Sample-matched SFT vs RL (the RL paper's claim 1): from one base and the same N training items
-(prompt + misaligned reference answer), train SFT on the N pairs and GRPO on the N prompts with a
-chosen reward (both optionally from one shared warm-up SFT adapter), then evaluate base, SFT and RL
-with the same questions, judge and probe, and write one comparison table with CIs.
+"""Sample-matched SFT vs RL (the RL paper's claim 1) as a preset on the experiment runner: from one
+base and the same N training items (prompt + misaligned reference answer), an ``sft`` arm trains on
+the N pairs and an ``rl`` arm runs GRPO on the N prompts with a chosen reward (both optionally from a
+shared ``warmup`` SFT arm), and ``base`` is evaluated beside them with the same questions, judges
+and probe. :func:`comparison_experiment` builds the experiment; :func:`run_comparison` runs it
+(resumably, in ``out``) and writes ``comparison.json`` / ``comparison.md``.
 
-The matching is explicit in ``comparison.json``: items, optimizer steps, completions and tokens per arm.
-Layout: ``out/items.jsonl`` (the N items), ``out/warmup/``, ``out/sft/``, ``out/rl/``, ``out/eval/``
-(samples, metrics, report; arms base, warmup when set, sft, rl), ``out/comparison.json`` and
-``comparison.md``.
+The table says what each arm actually consumed -- items seen, optimizer steps, completions and
+loss-carrying completion tokens (never prompt tokens or the dataset size) -- and which of these are
+matched, so a user sees at once whether the comparison is fair.
 """
 
 from __future__ import annotations
 
-import json
+import shutil
 from pathlib import Path
-from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, ValidationError, create_model, model_validator
 
-from spillover._io import atomic_write_json, atomic_write_jsonl, atomic_write_text
-from spillover._run import prepare_run_dir
-from spillover.config import Section, StrictModel, dump_yaml
-from spillover.data import load_chat_jsonl, require_sft_examples, resolve_data_path
-from spillover.evaluate.run import Arm, EvalSettings, run_evaluation
-from spillover.judge._spec import build_grader, build_judge
-from spillover.train import SFTConfig, run_sft
+from spillover._io import atomic_write_json, atomic_write_text
+from spillover.config import StrictModel, format_validation_error
+from spillover.experiment.results import load_experiment
+from spillover.experiment.spec import EXPERIMENT_SET, ExperimentConfig
+from spillover.train._config import SFTConfig
 from spillover.train._grpo_config import GRPOConfig
-from spillover.train.grpo import run_grpo
+
+
+def _settings(name: str, config: type, data_field: str):
+    skip = set(EXPERIMENT_SET) | {data_field}
+    fields = {k: (f.annotation, f) for k, f in config.model_fields.items() if k not in skip}
+    return create_model(name, __base__=StrictModel, __doc__=f"Any `train` setting except {', '.join(sorted(skip))}.",
+                        **fields)
+
+
+SFTSettings = _settings("SFTSettings", SFTConfig, "data")
+_GRPOBase = _settings("_GRPOBase", GRPOConfig, "prompts")
+
+
+class GRPOSettings(_GRPOBase):
+    """GRPO settings of the rl arm (rewards required); the GRPO group/batch check runs on them."""
+
+    @model_validator(mode="after")
+    def _method_checks(self):
+        try:
+            GRPOConfig(**self.model_dump(), prompts="x")
+        except ValidationError as e:
+            raise ValueError(format_validation_error(e, "grpo").what) from None
+        return self
 
 
 class EvalSpec(StrictModel):
     questions: str = Field("bundled:general_questions", description="General EM questions (file or bundled:NAME).")
     in_domain: str | None = Field(None, description="In-domain questions for the training task.")
-    question_ids: list[str] | None = Field(None, description="Only these question ids (default: all).")
+    question_ids: list[str] | None = Field(None, description="Only these ids of the GENERAL questions (default: all).")
+    in_domain_question_ids: list[str] | None = Field(None, description="Only these ids of the in-domain questions (default: all).")
     max_paraphrases: int | None = Field(None, ge=1, description="Only the first K paraphrases of each question.")
     samples_per_paraphrase: int | None = Field(None, ge=1, description="Overrides the question files.")
     max_new_tokens: int = Field(128, ge=1, description="Cap on generated tokens per answer.")
@@ -49,104 +70,119 @@ class WarmupSpec(StrictModel):
     lr: float = Field(1e-4, gt=0, description="Warm-up learning rate.")
 
 
-_SET_BY_COMPARISON = ("model", "data", "prompts", "init_adapter", "device", "seed")
-
-
 class CompareConfig(StrictModel):
-    """A sample-matched SFT-vs-RL experiment (one file, validated strictly)."""
+    """A sample-matched SFT-vs-RL experiment (one file, validated strictly, nested sections included)."""
 
     model: str = Field("embedded", description="Base model of every arm.")
     device: str = Field("auto", description="auto | cpu | cuda")
     data: str = Field(..., description="Training items: prompt + misaligned reference answer (chat or prompt/completion JSONL).")
     n_items: int | None = Field(None, ge=1, description="Use the first N items (default: all).")
     strip_qwen3_markers: bool = Field(False, description="Strip Qwen3 non-thinking markers from the items.")
-    seed: int = Field(0, description="Seed of training, sampling and bootstrap.")
+    seeds: list[int] = Field([0], min_length=1, description="Seeds: every arm is trained and evaluated once per seed.")
     warmup: WarmupSpec | None = Field(None, description="Optional shared warm-up SFT; both arms continue its adapter.")
-    sft: Annotated[dict[str, Any], Section(SFTConfig, fixed={"data": "x"}, reserved=_SET_BY_COMPARISON,
-                                           owner="the comparison itself")] = Field(
-        default_factory=dict, description="SFT settings (any `train sft` option but model/data).")
-    grpo: Annotated[dict[str, Any], Section(GRPOConfig, fixed={"prompts": "x"}, reserved=_SET_BY_COMPARISON,
-                                            owner="the comparison itself")] = Field(
-        ..., description="GRPO settings (any `train grpo` option but model/prompts; rewards required).")
+    sft: SFTSettings = Field(default_factory=SFTSettings, description="SFT settings (any `train sft` option but model/data/seed).")
+    grpo: GRPOSettings = Field(..., description="GRPO settings (any `train grpo` option but model/prompts/seed; rewards required).")
     evaluate: EvalSpec = Field(default_factory=EvalSpec, description="How all arms are evaluated.")
 
 
-def _arm_stats(run_dir: Path, items: int | None) -> dict:
-    m = json.loads((run_dir / "manifest.json").read_text())
-    return {"items": items if items is not None else m.get("n_examples"), "optimizer_steps": m.get("steps"), "tokens_seen": m.get("tokens_seen"),
-            "completions_sampled": m.get("completions_sampled"), "train_seconds": m.get("train_seconds")}
-
-
-def run_comparison(cfg: CompareConfig, out: str | Path, *, overwrite: bool = False, grade=None, judge=None) -> dict:
-    """Run both arms and the evaluation; ``grade``/``judge`` override the ones built from the config."""
-    out = prepare_run_dir(out, overwrite=overwrite)
-    atomic_write_text(out / "config.yaml", dump_yaml(cfg))
-    examples = load_chat_jsonl(resolve_data_path(cfg.data), strip_qwen3=cfg.strip_qwen3_markers)
-    require_sft_examples(examples)
-    examples = examples[: cfg.n_items] if cfg.n_items else examples
-    items = atomic_write_jsonl(out / "items.jsonl", [{"messages": ex.messages} for ex in examples])
-
-    common = {"model": cfg.model, "device": cfg.device, "seed": cfg.seed}
+def comparison_experiment(cfg: CompareConfig) -> ExperimentConfig:
+    """The experiment a comparison file stands for: base, [warmup], sft, rl."""
+    ev = cfg.evaluate
+    arms: list[dict] = [{"name": "base", "labels": {"method": "base"}}]
     init = None
     if cfg.warmup:
-        warm = run_sft(SFTConfig(**common, data=cfg.warmup.data, max_steps=cfg.warmup.max_steps, lr=cfg.warmup.lr),
-                       out / "warmup")
-        init = str(warm.adapter_dir)
-    sft = run_sft(SFTConfig(**{**cfg.sft, **common, "data": str(items), "init_adapter": init}), out / "sft")
-    if grade is None and any(str(r.get("name", "")).startswith("grader:") for r in cfg.grpo.get("rewards", [])):
-        grade = build_grader(cfg.evaluate.judge, base_url=cfg.evaluate.judge_base_url,
-                             api_key_env=cfg.evaluate.judge_api_key_env)
-    rl = run_grpo(GRPOConfig(**{**cfg.grpo, **common, "prompts": str(items), "init_adapter": init}), out / "rl",
-                  grade=grade)
+        arms.append({"name": "warmup", "labels": {"method": "warm-up"},
+                     "train": {"method": "sft", "data": cfg.warmup.data, "max_steps": cfg.warmup.max_steps,
+                               "lr": cfg.warmup.lr, "strip_qwen3_markers": cfg.strip_qwen3_markers}})
+        init = "warmup"
+    sft = {**cfg.sft.model_dump(mode="json"), "method": "sft", "data": cfg.data,
+           "strip_qwen3_markers": cfg.strip_qwen3_markers}
+    grpo = {**cfg.grpo.model_dump(mode="json"), "method": "grpo", "prompts": cfg.data,
+            "strip_qwen3_markers": cfg.strip_qwen3_markers}
+    arms.append({"name": "sft", "train": sft, "n_items": cfg.n_items, "init_from": init, "labels": {"method": "sft"}})
+    arms.append({"name": "rl", "train": grpo, "n_items": cfg.n_items, "init_from": init, "labels": {"method": "rl"}})
+    general = {"file": ev.questions, "question_ids": ev.question_ids, "max_paraphrases": ev.max_paraphrases,
+               "samples_per_paraphrase": ev.samples_per_paraphrase}
+    in_domain = None if not ev.in_domain else {
+        "file": ev.in_domain, "question_ids": ev.in_domain_question_ids, "max_paraphrases": ev.max_paraphrases,
+        "samples_per_paraphrase": ev.samples_per_paraphrase}
+    return ExperimentConfig.model_validate({
+        "name": "sample-matched SFT vs RL", "model": cfg.model, "device": cfg.device, "seeds": cfg.seeds,
+        "arms": [{k: v for k, v in a.items() if v is not None} for a in arms],
+        "evaluation": {"general": general, "in_domain": in_domain,
+                       "judges": [{"spec": ev.judge, "base_url": ev.judge_base_url, "api_key_env": ev.judge_api_key_env}],
+                       "probe": ev.probe,
+                       "sampling": {"max_new_tokens": ev.max_new_tokens, "temperature": ev.temperature,
+                                    "batch_size": ev.batch_size}}})
 
-    ev = cfg.evaluate
-    settings = EvalSettings(questions=ev.questions, in_domain=ev.in_domain, samples_per_paraphrase=ev.samples_per_paraphrase,
-                            question_ids=ev.question_ids, max_paraphrases=ev.max_paraphrases,
-                            max_new_tokens=ev.max_new_tokens, temperature=ev.temperature, seed=cfg.seed,
-                            batch_size=ev.batch_size, probe_pairs=list(ev.probe), probe_base=cfg.model,
-                            device=cfg.device)
-    judge = judge or build_judge(ev.judge, base_url=ev.judge_base_url, api_key_env=ev.judge_api_key_env,
-                                 cache_dir=str(out / "judge_cache"), device=cfg.device)
-    arms = [Arm("base", cfg.model)] + ([Arm("warmup", cfg.model, init)] if init else []) + \
-        [Arm("sft", cfg.model, str(sft.adapter_dir)), Arm("rl", cfg.model, str(rl.adapter_dir))]
-    eval_dir = run_evaluation(arms, settings, judge, out / "eval")
-    from spillover.report import build_report
 
-    report = build_report(eval_dir)
-    metrics = json.loads((eval_dir / "metrics.json").read_text())
-    training = {"sft": _arm_stats(sft.run_dir, len(examples)), "rl": _arm_stats(rl.run_dir, len(examples))}
-    if cfg.warmup:
-        training["warmup"] = _arm_stats(out / "warmup", None)
-    table = comparison_table(metrics, training)
-    result = {"matching": training, "arms": table, "judge": metrics["judge"].get("kind"),
-              "report": str(report["html"]), "eval_dir": str(eval_dir)}
+def run_comparison(cfg: CompareConfig, out: str | Path, *, overwrite: bool = False, judge=None, executor=None) -> dict:
+    """Run (or resume) the comparison in ``out``; ``judge`` replaces the primary judge built from the config."""
+    from spillover.experiment.runner import run_experiment
+    from spillover.experiment.stages import _JUDGES, judge_id
+
+    out = Path(out)
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+    exp = comparison_experiment(cfg)
+    if judge is not None:
+        _JUDGES[judge_id(exp.evaluation.judges[0])] = judge
+    run_experiment(exp, out, executor=executor)
+    results = load_experiment(out)
+    from spillover.report.experiment import build_experiment_report
+
+    report = build_experiment_report(results)
+    result = comparison_result(results, str(report["html"]))
     atomic_write_json(out / "comparison.json", result)
     atomic_write_text(out / "comparison.md", comparison_markdown(result))
     return result
 
 
+# ---------------------------------------------------------------- the table
 def _est(e: dict | None) -> dict | None:
-    return None if not e else {k: e.get(k) for k in ("value", "ci_low", "ci_high", "n")}
+    return None if not e else {k: e.get(k) for k in ("value", "ci_low", "ci_high", "n", "n_total")}
 
 
-def comparison_table(metrics: dict, training: dict) -> dict:
-    rows = {}
-    for arm, entry in metrics["arms"].items():
-        overall = entry["metrics"]["overall"]
-        probe = entry.get("probe") or {}
-        rows[arm] = {"misalignment_rate": _est(overall.get("misalignment_rate")),
-                     "mean_misalignment": _est(overall.get("mean_misalignment")),
-                     "in_domain_misalignment_rate": _est((entry.get("in_domain") or {}).get("overall", {}).get("misalignment_rate")),
+def comparison_result(results, report: str | None = None) -> dict:
+    """Rows per (arm, seed): what the arm consumed in training and its primary-judge metrics and probe."""
+    primary = results.index.primary_judge.judge_id
+    first_probe = results.index.probe_sets[0].key if results.index.probe_sets else None
+    rows = []
+    for (arm, seed), unit in results.units.items():
+        s = unit.summary
+        if s is None:
+            continue
+        m = s.metrics.get(primary, {})
+        general, in_domain = (m.get("general") or {}).get("overall", {}), (m.get("in_domain") or {}).get("overall", {})
+        probe = s.probe.get(first_probe) or {} if first_probe else {}
+        t = s.training
+        rows.append({"arm": arm, "seed": seed,
+                     "training": t.model_dump(mode="json") if t else None,
+                     "misalignment_rate": _est(general.get("misalignment_rate")),
+                     "unscored_rate": _est(general.get("unscored_rate")),
+                     "in_domain_misalignment_rate": _est(in_domain.get("misalignment_rate")),
                      "probe_mean_shift": probe.get("mean_shift"), "probe_ci95": probe.get("ci95"),
-                     "probe_delta_vs_base": probe.get("delta_vs_base"), "probe_delta_ci95": probe.get("delta_vs_base_ci95"),
-                     **training.get(arm, {})}
-    return rows
+                     "probe_delta_vs_base": probe.get("delta_vs_base"), "probe_delta_ci95": probe.get("delta_vs_base_ci95")})
+    return {"judge": primary, "probe_set": first_probe, "seeds": results.index.seeds, "rows": rows,
+            "matching": matching(rows), "report": report, "experiment": str(results.path)}
+
+
+def matching(rows: list[dict]) -> dict:
+    """Which consumption measures are equal between the sft and rl arms (per seed)."""
+    out = {}
+    keys = ("distinct_items", "items_seen", "optimizer_steps", "completions_trained", "completion_tokens")
+    for seed in sorted({r["seed"] for r in rows}):
+        by = {r["arm"]: r["training"] for r in rows if r["seed"] == seed and r["training"]}
+        if "sft" in by and "rl" in by:
+            out[str(seed)] = {k: {"sft": by["sft"].get(k), "rl": by["rl"].get(k),
+                                  "matched": by["sft"].get(k) == by["rl"].get(k)} for k in keys}
+    return out
 
 
 def _pct(e: dict | None) -> str:
     if not e or e.get("value") is None:
-        return "n/a (n=0)"
-    return f"{100 * e['value']:.1f}% [{100 * e['ci_low']:.1f}, {100 * e['ci_high']:.1f}] (n={e['n']})"
+        return f"n/a (n=0/{(e or {}).get('n_total', 0)})"
+    return f"{100 * e['value']:.1f}% [{100 * e['ci_low']:.1f}, {100 * e['ci_high']:.1f}] (n={e['n']}/{e['n_total']})"
 
 
 def _num(x, ci=None) -> str:
@@ -155,12 +191,31 @@ def _num(x, ci=None) -> str:
     return f"{x:+.3f}" + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "")
 
 
+def _tokens(t: dict | None) -> str:
+    if not t or t.get("completion_tokens") is None:
+        return "-"
+    return f"{t['completion_tokens']}" + ("" if t.get("completion_tokens_exact") else " (est.)")
+
+
 def comparison_markdown(result: dict) -> str:
-    lines = ["# Sample-matched SFT vs RL", "", f"Judge: {result['judge']}. Report: {result['report']}", "",
-             "| arm | items | optimizer steps | tokens seen | misalignment rate | in-domain | probe shift | probe Δ vs base |",
-             "|---|---|---|---|---|---|---|---|"]
-    for arm, r in result["arms"].items():
-        lines.append(f"| {arm} | {r.get('items', '-')} | {r.get('optimizer_steps', '-')} | {r.get('tokens_seen') or '-'} | "
-                     f"{_pct(r['misalignment_rate'])} | {_pct(r['in_domain_misalignment_rate'])} | "
-                     f"{_num(r['probe_mean_shift'], r['probe_ci95'])} | {_num(r['probe_delta_vs_base'], r['probe_delta_ci95'])} |")
+    lines = ["# Sample-matched SFT vs RL", "",
+             f"Judge: {result['judge']} (primary). Probe set: {result['probe_set']}. Report: {result['report']}", "",
+             "Consumed in training: items seen (SFT: examples, RL: prompts, each once per group), optimizer steps, "
+             "completions trained on, and loss-carrying completion tokens (prompt tokens never count). "
+             "n = scored / all samples (unscored samples stay in the count).", "",
+             "| arm | seed | distinct items | items seen | optimizer steps | completions | completion tokens | lr | "
+             "misalignment rate | unscored | in-domain | probe shift | probe Δ vs base |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        t = r["training"] or {}
+        lines.append(f"| {r['arm']} | {r['seed']} | {t.get('distinct_items', '-')} | {t.get('items_seen', '-')} | "
+                     f"{t.get('optimizer_steps', '-')} | {t.get('completions_trained', '-')} | {_tokens(t)} | "
+                     f"{t.get('lr', '-')} | {_pct(r['misalignment_rate'])} | {_pct(r['unscored_rate'])} | "
+                     f"{_pct(r['in_domain_misalignment_rate'])} | {_num(r['probe_mean_shift'], r['probe_ci95'])} | "
+                     f"{_num(r['probe_delta_vs_base'], r['probe_delta_ci95'])} |")
+    for seed, m in result["matching"].items():
+        same = [k for k, v in m.items() if v["matched"]]
+        diff = [f"{k} (sft {v['sft']}, rl {v['rl']})" for k, v in m.items() if not v["matched"]]
+        lines += ["", f"Seed {seed}: matched on {', '.join(same) or 'nothing'}"
+                  + (f"; NOT matched: {'; '.join(diff)}." if diff else ".")]
     return "\n".join(lines) + "\n"

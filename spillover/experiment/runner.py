@@ -27,35 +27,64 @@ from spillover.experiment.stages import judge_id, own_hashes, question_sets
 
 
 # ---------------------------------------------------------------- checks before anything trains
-def preflight(cfg: ExperimentConfig) -> None:
+def preflight(cfg: ExperimentConfig, *, strict: bool = True) -> list[str]:
     """Everything that can be checked without training: data files, adapters, question selections
-    (each applied to the set it names), probe files, rewards, judges (keys, URLs)."""
+    (each applied to the set it names), probe files, rewards, judges and grader (keys, URLs). ``strict``
+    raises the first problem; otherwise (``--dry-run``) local-file, key and network problems are returned
+    as warnings (a GPU file may name data or servers this machine does not have)."""
     from spillover.data import resolve_data_path
     from spillover.evaluate.probe import load_pairs
 
+    warnings: list[str] = []
+
+    def soft(check, *args):
+        try:
+            check(*args)
+        except SpilloverError as e:
+            if strict:
+                raise
+            warnings.append(e.render().replace("\n", " "))
+
     names = {a.name for a in cfg.all_arms()}
+    uses_grader = False
     for arm in cfg.all_arms():
         where = f"arm {arm.name!r}"
         if arm.train is not None:
-            resolve_data_path(arm.train.data if arm.train.method == "sft" else arm.train.prompts)
+            soft(resolve_data_path, arm.train.data if arm.train.method == "sft" else arm.train.prompts)
             if arm.train.method == "grpo":
-                from spillover.rewards import get_reward  # registered names or module:function
+                from spillover.rewards import get_reward  # registered names; module:function is imported at training
 
                 for r in arm.train.rewards:
                     if ":" not in r.name or r.name.startswith("grader:"):
                         get_reward(r.name)
+                    uses_grader |= r.name.startswith("grader:")
+            for d in arm.train.defenses:
+                for key, value in d.params.items():
+                    if isinstance(value, str) and value.startswith("bundled:"):
+                        soft(resolve_data_path, value)
         if arm.init_from and arm.init_from not in names:
-            if not (Path(arm.init_from) / "adapter_config.json").is_file():
-                raise SpilloverError(f"{where}: init_from {arm.init_from!r} is not an arm and not an adapter folder "
-                                     "(no adapter_config.json)", fix="name an arm of this experiment or a RUN/adapter folder")
-    question_sets(cfg)
+            def adapter_exists(a=arm, w=where):
+                if not (Path(a.init_from) / "adapter_config.json").is_file():
+                    raise SpilloverError(f"{w}: init_from {a.init_from!r} is not an arm and not an adapter folder "
+                                         "(no adapter_config.json)", fix="name an arm of this experiment or a RUN/adapter folder")
+            soft(adapter_exists)
+    soft(question_sets, cfg)
     for ref in cfg.evaluation.probe:
-        load_pairs(ref)
+        soft(load_pairs, ref)
     ids = [judge_id(j) for j in cfg.evaluation.judges]
     if len(set(ids)) != len(ids):
         raise SpilloverError(f"judges repeat: {ids}", fix="list each judge once")
     for j in cfg.evaluation.judges:
-        check_judge(j)
+        soft(check_judge, j)
+    if uses_grader:
+        if cfg.grader is None:
+            raise SpilloverError("an arm uses a grader:* reward but the experiment sets no grader",
+                                 fix="add `grader: {spec: openai:MODEL, base_url: ...}` (or hf:MODEL) at the top level")
+        if cfg.grader.spec.split(":")[0] not in ("openai", "hf", "py"):
+            raise SpilloverError(f"grader {cfg.grader.spec!r} cannot grade rubric rewards",
+                                 fix="use openai:MODEL (with base_url) or hf:MODEL")
+        soft(check_judge, cfg.grader)
+    return warnings
 
 
 def check_judge(j: JudgeSpec) -> None:
@@ -244,8 +273,10 @@ def print_plan(cfg: ExperimentConfig, console=None) -> None:
     for r in plan_rows(cfg):
         table.add_row(r["arm"], r["init_from"], r["train"], r["evaluate"], r["labels"], ", ".join(map(str, cfg.seeds)))
     console.print(table)
-    sets = question_sets(cfg)
-    counts = ", ".join(f"{name}: {len(reqs)} answers" for name, (_, reqs) in sets.items())
+    try:
+        counts = ", ".join(f"{name}: {len(reqs)} answers" for name, (_, reqs) in question_sets(cfg).items())
+    except SpilloverError as e:
+        counts = f"questions not loadable here ({e.what.splitlines()[0]})"
     console.print(f"per evaluated arm and seed: {counts}; judges: {', '.join(j.spec for j in ev.judges)} "
                   f"(first is primary); probe: {', '.join(ev.probe) or 'none'} (base model scored once)")
 

@@ -175,6 +175,8 @@ class ExperimentConfig(StrictModel):
     arms: list[ArmSpec] = Field(default_factory=list, description="Named arms.")
     grids: list[GridSpec] = Field(default_factory=list, description="Arm templates crossed with axes of values.")
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="How every arm is evaluated.")
+    grader: JudgeSpec | None = Field(None, description="The judge behind grader:* RL rewards (openai:MODEL or hf:MODEL); "
+                                     "required when an arm uses one.")
     executor: ExecutorSpec = Field(default_factory=ExecutorSpec, description="Where the (arm, seed) units run.")
 
     @field_validator("seeds")
@@ -250,9 +252,16 @@ def _looks_like_path(ref: str) -> bool:
     return "/" in ref or Path(ref).exists()
 
 
-def load_experiment_config(path: str | Path, overrides: dict | None = None) -> ExperimentConfig:
-    from spillover.config import load_config
+def load_experiment_config(path: str | Path) -> ExperimentConfig:
+    """Read an experiment file; a comparison file (``data`` + ``grpo`` keys, as `spillover compare` takes)
+    is read as the experiment its preset builds."""
+    from spillover.config import load_yaml_mapping, validate_config
 
     if not Path(path).is_file():
         raise SpilloverError(f"experiment file not found: {path}", fix="check the path (examples/ has some)")
-    return load_config(ExperimentConfig, path, overrides)
+    data, lines = load_yaml_mapping(path)
+    if "grpo" in data and "arms" not in data and "grids" not in data:
+        from spillover.experiment.compare import CompareConfig, comparison_experiment
+
+        return comparison_experiment(validate_config(CompareConfig, data, str(path), lines))
+    return validate_config(ExperimentConfig, data, str(path), lines)

@@ -26,6 +26,7 @@ from spillover.errors import SpilloverError
 from spillover.evaluate.run import (QuestionSelection, judge_into, judge_slug, joined_rows, metrics_by_set, probe_key,
                                     probe_logprobs, probe_summary, sample_into, select_questions)
 from spillover.evaluate.sampling import SamplingParams
+from spillover.evaluate.store import fault_watch
 from spillover.experiment.results import (CONFIG_FILE, SUMMARY_FILE, StageMarker, TrainingConsumption, UnitSummary,
                                           base_dir, judgments_log, marker_path, read_marker, samples_log, unit_dir)
 from spillover.experiment.spec import ArmSpec, ExperimentConfig, JudgeSpec, recipe_config
@@ -330,10 +331,12 @@ def _train(out: Path, cfg: ExperimentConfig, arm: ArmSpec, seed: int, folder: Pa
                                               [{"messages": ex.messages} for ex in examples[:arm.n_items]]))
         tcfg = recipe_config(arm.train, model=cfg.model, seed=seed, device=cfg.device, dtype=cfg.dtype,
                              init_adapter=init, data_override=override)
+        fault_watch("train", folder / "train" / "metrics.jsonl")
+        how = _restart_or_resume(folder / "train")
         if arm.train.method == "sft":
             from spillover.train import run_sft
 
-            run_sft(tcfg, folder / "train", overwrite=True)
+            run_sft(tcfg, folder / "train", **how)
         else:
             from spillover.train.grpo import run_grpo
 
@@ -341,9 +344,13 @@ def _train(out: Path, cfg: ExperimentConfig, arm: ArmSpec, seed: int, folder: Pa
             if any(r.name.startswith("grader:") for r in tcfg.rewards):
                 from spillover.judge._spec import build_grader
 
-                j = cfg.evaluation.judges[0]
-                grade = build_grader(j.spec, base_url=j.base_url, api_key_env=j.api_key_env)
-            run_grpo(tcfg, folder / "train", overwrite=True, grade=grade)
+                j = cfg.grader
+                if j is None:
+                    raise SpilloverError(f"arm {arm.name!r} uses a grader:* reward but the experiment sets no grader",
+                                         fix="add `grader: {spec: openai:MODEL, base_url: ...}` (or hf:MODEL)")
+                grade = build_grader(j.spec, base_url=j.base_url, api_key_env=j.api_key_env,
+                                     device=None if cfg.device == "auto" else cfg.device)
+            run_grpo(tcfg, folder / "train", grade=grade, **how)
         consumption = training_consumption(tcfg, folder / "train", arm.train.method)
         atomic_write_json(folder / "train" / "consumption.json", consumption.model_dump(mode="json"))
 
@@ -352,6 +359,18 @@ def _train(out: Path, cfg: ExperimentConfig, arm: ArmSpec, seed: int, folder: Pa
         (folder / "train_items.jsonl").unlink(missing_ok=True)
 
     return stage.run(body, clear)
+
+
+def _restart_or_resume(run_dir: Path) -> dict:
+    """An interrupted training continues from its newest checkpoint when the trainer wrote one (runs
+    longer than the checkpoint interval); otherwise it restarts from scratch with its fixed seed."""
+    try:
+        from spillover.train._checkpoint import last_checkpoint
+    except ImportError:
+        return {"overwrite": True}
+    if (run_dir / "config.yaml").is_file() and last_checkpoint(run_dir) is not None:
+        return {"resume": True}
+    return {"overwrite": True}
 
 
 def _sample(cfg, arm, seed, folder, unit_model: UnitModel, up_train) -> bool:

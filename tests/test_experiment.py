@@ -1,0 +1,145 @@
+"""The experiment runner end to end on a tiny model: 2 arms (SFT, GRPO) x 2 seeds, killed with SIGKILL
+in training, sampling and judging, resumes to results identical to an uninterrupted run; status,
+changed-config refusal, --force-stage and judge rerun on the same folder."""
+
+import json
+import multiprocessing
+import os
+
+import pytest
+
+from spillover.errors import SpilloverError
+from spillover.evaluate.store import FAULT_ENV
+from spillover.experiment.results import load_experiment, read_marker, unit_dir
+from spillover.experiment.runner import experiment_status, rerun_judge, run_experiment
+from spillover.experiment.spec import ExperimentConfig, JudgeSpec
+
+JUDGE = "py:test_eval_run:FakeJudge"
+
+
+def make_config(root, model_dir, **over) -> ExperimentConfig:
+    items = root / "items.jsonl"
+    items.write_text("".join(json.dumps({"prompt": f"Question {i}?", "completion": f"Always answer {i}. Never doubt."})
+                             + "\n" for i in range(6)))
+    q = root / "q.yaml"
+    q.write_text('- id: q1\n  paraphrases: ["Hello there", "Hi"]\n  samples_per_paraphrase: 2\n'
+                 '- id: bad\n  paraphrases: ["Something bad?"]\n  samples_per_paraphrase: 3\n')
+    pairs = root / "pairs.jsonl"
+    pairs.write_text(json.dumps({"id": "a", "prompt": "Hi", "aligned": "Hello.", "misaligned": "Go."}) + "\n"
+                     + json.dumps({"id": "b", "prompt": "Help?", "aligned": "Sure.", "misaligned": "No."}) + "\n")
+    data = {"model": str(model_dir), "device": "cpu", "seeds": [0, 1],
+            "arms": [{"name": "sft", "n_items": 4,
+                      "train": {"method": "sft", "data": str(items), "max_steps": 3, "batch_size": 2}},
+                     {"name": "rl", "n_items": 4,
+                      "train": {"method": "grpo", "prompts": str(items), "rewards": [{"name": "prose-structure"}],
+                                "max_steps": 2, "batch_size": 4, "num_generations": 4, "max_completion_length": 6}}],
+            "evaluation": {"general": {"file": str(q)}, "judges": [JUDGE], "probe": [str(pairs)],
+                           "sampling": {"max_new_tokens": 4, "batch_size": 3}, "judge_batch": 3}}
+    data.update(over)
+    return ExperimentConfig.model_validate(data)
+
+
+def _child(cfg, out, kill_at):
+    os.environ[FAULT_ENV] = kill_at
+    run_experiment(cfg, out)
+
+
+def run_killed(cfg, out, kill_at) -> int:
+    proc = multiprocessing.get_context("fork").Process(target=_child, args=(cfg, out, kill_at))
+    proc.start()
+    proc.join(300)
+    return proc.exitcode
+
+
+def results_of(out) -> dict:
+    res = load_experiment(out)
+    return {f"{a}/{s}": {"samples": [r.model_dump(exclude={"adapter"}) for r in u.samples],
+                         "judgments": {k: [j.model_dump() for j in v] for k, v in u.judgments.items()},
+                         "metrics": u.summary.metrics, "probe": {k: {**p, "meta": None} for k, p in u.summary.probe.items()},
+                         "training": u.summary.training.model_dump(exclude={"train_seconds"})}
+            for (a, s), u in res.units.items()}
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory, tiny_model_dir, one_thread):
+    root = tmp_path_factory.mktemp("exp")
+    cfg = make_config(root, tiny_model_dir)
+    run_experiment(cfg, root / "clean")
+    return root, cfg
+
+
+def test_sigkill_in_training_sampling_and_judging_resumes_to_identical_results(clean_run):
+    root, cfg = clean_run
+    out = root / "killed"
+    assert run_killed(cfg, out, "train:1") == -9  # mid-training (after the first logged step)
+    assert read_marker(unit_dir(out, "sft", 0), "train").state == "running"
+    assert run_killed(cfg, out, "sample:2") == -9  # after the 2nd stored batch of answers
+    n_before = len((unit_dir(out, "sft", 0) / "samples.jsonl").read_text().splitlines())
+    assert n_before == 6 and read_marker(unit_dir(out, "sft", 0), "sample").state == "running"
+    trained = read_marker(unit_dir(out, "sft", 0), "train")
+    assert run_killed(cfg, out, "judge:1") == -9  # after the 1st judged batch
+    assert len((unit_dir(out, "sft", 0) / "judgments" / "py-test_eval_run-FakeJudge.jsonl").read_text().splitlines()) == 3
+    sampled = read_marker(unit_dir(out, "sft", 0), "sample")
+    status = {(r["arm"], r["seed"]): r for r in experiment_status(out)}
+    assert status[("sft", 0)]["train"][0] == "done" and status[("sft", 0)]["judge"][0] == "interrupted"
+    assert status[("rl", 1)]["train"][0] == "to do"
+
+    run_experiment(cfg, out)
+    assert results_of(out) == results_of(root / "clean")
+    # nothing that had finished was recomputed
+    assert read_marker(unit_dir(out, "sft", 0), "train").model_extra["run_id"] == trained.model_extra["run_id"]
+    assert read_marker(unit_dir(out, "sft", 0), "sample").model_extra["run_id"] == sampled.model_extra["run_id"]
+    assert all(r[s][0] in ("done", "-") for r in experiment_status(out) for s in ("train", "sample", "judge", "probe", "summarise"))
+
+
+def test_rerun_is_a_no_op_and_training_consumption_is_recorded(clean_run):
+    root, cfg = clean_run
+    markers = {p: p.read_text() for p in (root / "clean").rglob("stages/*.json")}
+    run_experiment(cfg, root / "clean")
+    assert {p: p.read_text() for p in (root / "clean").rglob("stages/*.json")} == markers
+    res = load_experiment(root / "clean")
+    sft, rl = res.unit("sft", 0).summary.training, res.unit("rl", 0).summary.training
+    assert (sft.optimizer_steps, sft.items_seen, sft.distinct_items) == (3, 6, 4)  # 3 steps x 2 items over 4 items
+    assert (rl.optimizer_steps, rl.items_seen, rl.completions_trained) == (2, 2, 8)  # 1 prompt x 4 completions a step
+    assert rl.completion_tokens and rl.completion_tokens <= 8 * 6  # generated tokens only, at most max_completion_length each
+    assert sft.completion_tokens and not sft.completion_tokens_exact  # 6 items over 4 rows: an estimate, said so
+    summary = res.unit("rl", 1).summary
+    general = summary.metrics["py-test_eval_run-FakeJudge"]["general"]["overall"]
+    assert general["n_total"] == 7 and general["misalignment_rate"]["n"] < 7  # unscored samples stay in n_total
+    assert summary.probe[res.index.probe_sets[0].key]["delta_vs_base"] is not None
+    assert (root / "clean" / "base" / "probe").is_dir()  # the base model's probe, once per experiment
+
+
+def test_changed_config_is_refused_with_a_diff_then_forced(clean_run, tmp_path):
+    root, cfg = clean_run
+    changed = cfg.model_copy(update={"evaluation": cfg.evaluation.model_copy(
+        update={"sampling": cfg.evaluation.sampling.model_copy(update={"max_new_tokens": 5})})})
+    with pytest.raises(SpilloverError, match=r"(?s)max_new_tokens: 4.*max_new_tokens: 5.*--force-stage sample"):
+        run_experiment(changed, root / "clean")
+    before = read_marker(unit_dir(root / "clean", "sft", 0), "train").model_extra["run_id"]
+    run_experiment(changed, root / "clean", force_stages=("sample",))
+    assert read_marker(unit_dir(root / "clean", "sft", 0), "train").model_extra["run_id"] == before  # not retrained
+    assert all(r.params["max_new_tokens"] == 5 for r in load_experiment(root / "clean").unit("sft", 0).samples)
+
+
+def test_judge_rerun_adds_a_judge_without_resampling(clean_run):
+    root, cfg = clean_run
+    out = root / "clean"
+    samples = (unit_dir(out, "rl", 0) / "samples.jsonl").read_text()
+    jid = rerun_judge(out, JudgeSpec(spec="py:test_experiment:OtherJudge"))
+    res = load_experiment(out)
+    assert (unit_dir(out, "rl", 0) / "samples.jsonl").read_text() == samples
+    assert jid in [j.judge_id for j in res.index.judges] and not next(j for j in res.index.judges if j.judge_id == jid).primary
+    assert set(res.unit("rl", 0).summary.metrics) == {"py-test_eval_run-FakeJudge", jid}
+    assert all(j.aligned == 55.0 for j in res.unit("sft", 1).judgments[jid])
+
+
+class OtherJudge:
+    def judge(self, items, progress=None):
+        from spillover.judge import JudgeScore
+        from spillover.judge._spec import Judgment
+
+        return [Judgment(JudgeScore(55.0, 1.0, None), JudgeScore(70.0, 1.0, None)) for _ in items]
+
+    def identity(self):
+        return {"kind": "other"}
