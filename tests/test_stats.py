@@ -140,3 +140,16 @@ def test_value_tables_for_probe_pairs():
     assert across_seeds(t, 200).value == pytest.approx(0.2)
     with pytest.raises(SpilloverError, match="finite"):
         value_tables({0: {"p": float("nan")}})
+
+
+def test_paired_nested_difference_shares_draws():
+    """Seeds with different clusters (nested) still pair when both arms have the same ones; a
+    constant offset between the arms then has a zero-width paired interval."""
+    a = {"0": Clustered(("a", "b"), np.array([1.0, 3.0]), np.array([2.0, 4.0]), 6),
+         "1": Clustered(("c", "d", "e"), np.array([2.0, 1.0, 0.0]), np.array([2.0, 2.0, 2.0]), 6)}
+    b = {s: Clustered(t.clusters, t.num - 0.2 * t.den, t.den, t.n_total) for s, t in a.items()}
+    d = difference(a, b, 500, seed=3)
+    assert d.paired and d.design == "nested"
+    assert d.value == pytest.approx(0.2) and d.ci_low == pytest.approx(0.2) and d.ci_high == pytest.approx(0.2)
+    u = difference(a, b, 500, seed=3, paired=False)
+    assert u.ci_high - u.ci_low > 0.1
