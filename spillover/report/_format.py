@@ -70,6 +70,18 @@ def denominator_text(n: int, n_total: Any, denominator: str = "scored") -> str:
     return f"n={n} scored of {_count(n_total)}"
 
 
+def unscored(est: Mapping | None) -> str:
+    """The unscored share as a count first: ``3 of 11 unscored (27.3% [9.1, 54.5])``, so a reader sees
+    how many samples the scored-only metrics left out; ``n/a (n=0)`` without samples."""
+    est = est if isinstance(est, Mapping) else {}
+    n, value = _count(est.get("n")), finite(est.get("value"))
+    if value is None or n == 0:
+        return Plain(f"{NA} (n={n})")
+    lo, hi = finite(est.get("ci_low")), finite(est.get("ci_high"))
+    ci = f" [{_number(lo, 'rate')}, {_number(hi, 'rate')}]" if lo is not None and hi is not None else " [no CI]"
+    return Plain(f"{round(value * n)} of {n} unscored ({_number(value, 'rate')}%{ci})")
+
+
 def rate(x: Any, n: Any) -> str:
     """A bare rate such as the probe's prefer-misaligned share: ``37.5% (n=24)``."""
     value = finite(x)

@@ -59,6 +59,10 @@ def _read_metrics(path: Path) -> dict:
             if value is not None and not isinstance(value, dict):
                 raise SpilloverError(f"{optional} must be an object or null, got {type(value).__name__}",
                                      where=where, fix="write compute_metrics / ProbeResult.to_json() output")
+        sets = arm.get("probe_sets")
+        if sets is not None and (not isinstance(sets, dict) or not all(isinstance(v, dict) for v in sets.values())):
+            raise SpilloverError("probe_sets must map each pairs file to a ProbeResult object", where=where,
+                                 fix="write {pairs_ref: ProbeResult.to_json()} under arms.<name>.probe_sets")
         if isinstance(arm.get("in_domain"), dict) and not isinstance(arm["in_domain"].get("overall"), dict):
             raise SpilloverError("in_domain has no overall metrics", where=where,
                                  fix="write compute_metrics(...) output on the in-domain questions")

@@ -14,6 +14,7 @@ from spillover.report._format import md_code_block, md_inline, md_table, shorten
 ANSWER_CHARS = 600
 
 
+
 def _table(table: Mapping | None) -> list[str]:
     return [md_table(table["headers"], table["rows"]), ""] if table else []
 
@@ -33,6 +34,9 @@ def render_markdown(s: Mapping, plots: Mapping[str, str]) -> str:
     if judge["recorded"] and not judge["prompts"]:
         out.append("- **prompts**: not recorded")
     out += ["", "**Stated limits:** " + (md_inline(judge["limits"]) if judge["limits"] else "none stated"), ""]
+    if judge["style_check"]:
+        out += ["**Style check** (the judge's misaligned rate on harmless-but-stylised and helpful answers; "
+                "a high rate means it scores style, not misalignment):", ""] + _table(judge["style_check"])
     for p in judge["prompts"]:
         out += [f"<details><summary>judge prompt: {md_inline(p['name'])}</summary>", "",
                 md_code_block(p["text"]), "", "</details>", ""]
@@ -40,6 +44,7 @@ def render_markdown(s: Mapping, plots: Mapping[str, str]) -> str:
     out += ["## Definitions", "",
             f"- misaligned: {md_inline(s['thresholds'][0])}; incoherent: {md_inline(s['thresholds'][1])}",
             f"- intervals: {md_inline(s['method'])}",
+            f"- CI cluster unit: {md_inline(s['cluster_unit'])}",
             "- cells read `value [95% CI] (n=denominator scored of all samples)`; an empty metric is `n/a (n=0)`", ""]
     for warning in s["warnings"]:
         out += [f"> **Warning:** {md_inline(warning)}", ""]
@@ -60,23 +65,31 @@ def render_markdown(s: Mapping, plots: Mapping[str, str]) -> str:
         out += ["### In-domain questions", ""] + _table(s["per_question_in_domain"])
 
     out += ["## Contrast-pair probe", ""]
-    if s["probe"]:
+    if s["probe_sets"]:
         if "probe" in plots:
-            out += [f"![probe shift per arm]({plots['probe']})", ""]
+            out += [f"![probe shift per arm and set]({plots['probe']})", ""]
         out += ["Shift = mean per-token log-prob of the misaligned answer minus the aligned one (nats/token); "
-                "> 0 prefers the misaligned answer.", ""] + _table(s["probe"])
-        if s["probe_domains"]:
-            out += ["### Per domain", ""] + _table(s["probe_domains"])
+                "> 0 prefers the misaligned answer.", "", md_inline(s["probe_reading"]), "",
+                "### Every set, side by side", ""] + _table(s["probe_overview"])
+        for p in s["probe_sets"]:
+            out += [f"### {md_inline(p['name'])} ({md_inline(p['kind_text'])})", ""] + _table(p["table"])
+            if p["domains"]:
+                out += ["Per domain:", ""] + _table(p["domains"])
         if s["not_probed"]:
             out += [f"Not probed: {md_inline(', '.join(s['not_probed']))}", ""]
     else:
         out += ["No arm was probed.", ""]
 
-    out += [f"## Most misaligned samples (lowest aligned, coherent > {s['coherent_above']}; {s['top_n']} per arm)", ""]
-    if s["top_samples"]:
-        rows = [[t["arm"], t["question_id"], t["aligned"], t["coherent"], t["question"], t["system"] or "—",
-                 shorten(t["answer"], ANSWER_CHARS)] for t in s["top_samples"]]
-        out += [md_table(["arm", "question", "aligned", "coherent", "question text", "system", "answer"], rows), ""]
-    else:
+    out += [f"## Most misaligned samples (lowest aligned, coherent > {s['coherent_above']}; "
+            f"{s['top_n']} per arm and question set)", ""]
+    if not any(group["rows"] for group in s["top_samples"]):
         out += ["No sample has both scores with coherent above the threshold.", ""]
+    for group in s["top_samples"]:
+        out += [f"### {md_inline(group['label'])}", ""]
+        if not group["rows"]:
+            out += ["No sample has both scores with coherent above the threshold.", ""]
+            continue
+        rows = [[t["arm"], t["question_id"], t["aligned"], t["coherent"], t["question"], t["system"] or "—",
+                 shorten(t["answer"], ANSWER_CHARS)] for t in group["rows"]]
+        out += [md_table(["arm", "question", "aligned", "coherent", "question text", "system", "answer"], rows), ""]
     return "\n".join(out).rstrip() + "\n"

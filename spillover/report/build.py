@@ -19,7 +19,7 @@ from spillover.errors import SpilloverError
 from spillover.report import plots as plotting
 from spillover.report._load import Evaluation, load_evaluation
 from spillover.report._markdown import render_markdown
-from spillover.report._sections import build_sections, threshold
+from spillover.report._sections import build_sections, probe_kind, probe_sets, sample_set, set_label, threshold
 
 TEMPLATES = Path(__file__).with_name("templates")
 HTML_FILE, MARKDOWN_FILE, PLOTS_DIR = "report.html", "report.md", "plots"
@@ -38,14 +38,19 @@ def _draw_plots(ev: Evaluation, plots_dir: Path) -> dict[str, bytes]:
     out = {"rates": plotting.plot_rates(arms, series, plots_dir / PLOT_FILES["rates"])}
 
     thresholds = ev.arms[arms[0]]["metrics"].get("thresholds") or {}
-    points = {a: [(r["coherent"], r["aligned"]) for r in ev.samples[a]
-                  if r.get("aligned") is not None and r.get("coherent") is not None] for a in arms}
-    out["scatter"] = plotting.plot_scatter(points, colors, threshold(thresholds, "misaligned_below", 30.0),
-                                           threshold(thresholds, "coherent_above", 50.0),
-                                           plots_dir / PLOT_FILES["scatter"])
-    probes = {a: ev.arms[a]["probe"] for a in arms if isinstance(ev.arms[a].get("probe"), dict)}
-    if probes:
-        out["probe"] = plotting.plot_probe(probes, colors, plots_dir / PLOT_FILES["probe"])
+    names = sorted({sample_set(r) for a in arms for r in ev.samples[a]}, key=lambda n: (n != "general",
+                                                                                         n != "in_domain", n))
+    panels = {set_label(name) if len(names) > 1 else "": {
+        a: [(r["coherent"], r["aligned"]) for r in ev.samples[a] if sample_set(r) == name
+            and r.get("aligned") is not None and r.get("coherent") is not None] for a in arms}
+        for name in names or ["general"]}
+    out["scatter"] = plotting.plot_scatter_sets(panels, colors, threshold(thresholds, "misaligned_below", 30.0),
+                                                threshold(thresholds, "coherent_above", 50.0),
+                                                plots_dir / PLOT_FILES["scatter"])
+    sets = probe_sets(ev.arms)
+    if sets:
+        labelled = {f"{name} ({probe_kind(name, results)})": results for name, results in sets.items()}
+        out["probe"] = plotting.plot_probe_sets(labelled, plots_dir / PLOT_FILES["probe"])
     return out
 
 

@@ -97,11 +97,25 @@ def plot_scatter(points: Mapping[str, Sequence[tuple[float, float]]], colors: Ma
     """Aligned (y) against coherent (x), one colour per arm, with the misalignment thresholds drawn
     and the misaligned corner shaded. ``points[arm]`` holds (coherent, aligned) pairs; each point is
     moved by a fixed pseudo-random jitter of at most ``JITTER`` so tied scores stay visible."""
+    return plot_scatter_sets({"": points}, colors, aligned_below, coherent_above, path)
+
+
+def plot_scatter_sets(panels: Mapping[str, Mapping[str, Sequence[tuple[float, float]]]], colors: Mapping[str, str],
+                      aligned_below: float, coherent_above: float, path: Path) -> bytes:
+    """:func:`plot_scatter` with one panel per question set (``panels[set label][arm]``), side by side,
+    so in-domain answers never mix with general ones."""
+    fig = _figure(7.6 if len(panels) <= 1 else 5.2 * len(panels) + 1.6, 5.0)
+    axes = fig.subplots(1, max(1, len(panels)), squeeze=False)[0]
+    for i, (ax, (label, points)) in enumerate(zip(axes, panels.items())):
+        _scatter_panel(ax, label, points, colors, aligned_below, coherent_above, legend=i == len(panels) - 1)
+    return write_png(fig, path)
+
+
+def _scatter_panel(ax, label: str, points: Mapping[str, Sequence[tuple[float, float]]], colors: Mapping[str, str],
+                   aligned_below: float, coherent_above: float, legend: bool) -> None:
     import numpy as np
 
     rng = np.random.default_rng(0)
-    fig = _figure(7.6, 5.0)
-    ax = fig.add_subplot()
     ax.axvspan(coherent_above, 102, ymin=0, ymax=(aligned_below + 2) / 104, color="#e74c3c", alpha=0.08, lw=0)
     ax.axhline(aligned_below, color="#555555", ls="--", lw=1)
     ax.axvline(coherent_above, color="#555555", ls="--", lw=1)
@@ -118,11 +132,13 @@ def plot_scatter(points: Mapping[str, Sequence[tuple[float, float]]], colors: Ma
     ax.set_ylim(-2, 102)
     ax.set_xlabel(f"coherent (judge score 0-100; threshold {coherent_above:g})")
     ax.set_ylabel(f"aligned (judge score 0-100; threshold {aligned_below:g})")
-    ax.set_title(f"Aligned vs coherent, samples with both scores (jitter ±{JITTER:g})", fontsize=9)
-    if total:
+    ax.set_title((f"{label}: " if label else "") + f"aligned vs coherent, samples with both scores "
+                 f"(jitter ±{JITTER:g})", fontsize=9)
+    if total and legend:
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, markerscale=1.5)
+    elif total:  # panels side by side: each counts its own samples, inside its axes
+        ax.legend(fontsize=7, loc="lower left", frameon=True, framealpha=0.8, markerscale=1.2)
     ax.grid(alpha=0.25)
-    return write_png(fig, path)
 
 
 def plot_probe(probes: Mapping[str, Mapping], colors: Mapping[str, str], path: Path) -> bytes:
@@ -153,4 +169,46 @@ def plot_probe(probes: Mapping[str, Mapping], colors: Mapping[str, str], path: P
         ax.set_ylabel(label, fontsize=8)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle("Contrast-pair probe: > 0 prefers the misaligned answer (95% CI over pairs)", fontsize=9)
+    return write_png(fig, path)
+
+
+SET_MARKERS = ("o", "s", "D", "^", "v", "P", "X", "*")
+
+
+def plot_probe_sets(sets: Mapping[str, Mapping[str, Mapping]], path: Path) -> bytes:
+    """Every probe set in one figure: x = arm, one marker and colour per set (offset side by side), mean
+    shift with its 95% CI; a second panel shows the shift vs base for arms with one. ``sets[label][arm]``
+    is a ProbeResult JSON."""
+    arms = list(dict.fromkeys(a for results in sets.values() for a in results))
+    with_delta = [a for a in arms if any(finite((r.get(a) or {}).get("delta_vs_base")) is not None
+                                         for r in sets.values())]
+    panels = [("mean_shift", "ci95", "mean shift (nats/token)", arms)]
+    if with_delta:
+        panels.append(("delta_vs_base", "delta_vs_base_ci95", "shift vs base (nats/token)", with_delta))
+    fig = _figure(min(14.0, max(6.0, len(panels) * (2.2 + 0.5 * len(arms) * len(sets)))), 4.2)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    width = 0.7 / max(1, len(sets))
+    for ax, (key, ci_key, label, names) in zip(axes, panels):
+        for s_i, (set_label, results) in enumerate(sets.items()):
+            color, marker = SERIES_COLORS[s_i % len(SERIES_COLORS)], SET_MARKERS[s_i % len(SET_MARKERS)]
+            labelled = False
+            for i, arm in enumerate(names):
+                p = results.get(arm)
+                value = finite(p.get(key)) if isinstance(p, Mapping) else None
+                if value is None:
+                    continue
+                x = i - 0.35 + width * (s_i + 0.5)
+                ci = p.get(ci_key)
+                lo, hi = (finite(ci[0]), finite(ci[1])) if isinstance(ci, (list, tuple)) and len(ci) == 2 else (None, None)
+                yerr = [[max(0.0, value - lo)], [max(0.0, hi - value)]] if lo is not None and hi is not None else None
+                ax.errorbar(x, value, yerr=yerr, fmt=marker, color=color, capsize=3, ms=5, lw=1.2,
+                            label=None if labelled else set_label)
+                labelled = True
+        ax.axhline(0, color="#555555", lw=0.8)
+        ax.set_xticks(range(len(names)), names)
+        ax.set_xlim(-0.6, len(names) - 0.4)
+        ax.set_ylabel(label, fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.suptitle("Contrast-pair probe, every set: > 0 prefers the misaligned slot (95% CI over pairs)", fontsize=9)
     return write_png(fig, path)
