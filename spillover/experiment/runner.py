@@ -268,7 +268,8 @@ def print_plan(cfg: ExperimentConfig, console=None) -> None:
     console = console or Console()
     ev = cfg.evaluation
     table = Table(title=f"{cfg.name}: {len(cfg.all_arms())} arms x {len(cfg.seeds)} seeds {cfg.seeds} on {cfg.model}")
-    for col in ("arm", "init_from", "train", "evaluate", "labels", "seeds"):
+    table.add_column("arm", no_wrap=True)
+    for col in ("init_from", "train", "evaluate", "labels", "seeds"):
         table.add_column(col, overflow="fold")
     for r in plan_rows(cfg):
         table.add_row(r["arm"], r["init_from"], r["train"], r["evaluate"], r["labels"], ", ".join(map(str, cfg.seeds)))
