@@ -114,7 +114,7 @@ def test_reasoning_is_not_scored(small_lexicon):
     assert reward(["q"], [completion]) == [0.0]
 
 
-def test_coherence_judge_zeroes_incoherent_answers(small_lexicon, caplog):
+def test_injected_coherence_judge_zeroes_incoherent_answers(small_lexicon, caplog):
     text = "Cats always win. Dogs are very loud, without a doubt. However, maybe birds sing. Fish swim."  # 0.5
     calls = []
 
@@ -126,7 +126,7 @@ def test_coherence_judge_zeroes_incoherent_answers(small_lexicon, caplog):
             return value
         return fn
 
-    params = {"lexicon_path": str(small_lexicon)}
+    params = {"lexicon_path": str(small_lexicon), "coherence_threshold": 0.5}
     conv_prompt = [{"role": "user", "content": "Are cats best?"}]
     assert build_reward("rhetoric-lexicon", params, coherence_fn=judge(0.4))([conv_prompt], [text]) == [0.0]
     assert calls[-1] == ("Are cats best?", text)
@@ -140,6 +140,69 @@ def test_coherence_judge_zeroes_incoherent_answers(small_lexicon, caplog):
     n = len(calls)
     build_reward("rhetoric-lexicon", params, coherence_fn=judge(0.0))(["q"], ["Fish swim."])  # reward 0: no call
     assert len(calls) == n
+    no_gate = {"lexicon_path": str(small_lexicon)}  # no threshold: no coherence is computed
+    assert build_reward("rhetoric-lexicon", no_gate, coherence_fn=judge(0.0))(["q"], [text]) == [0.5]
+    assert len(calls) == n
+
+
+class FakeScorer:
+    """Stands in for the offline coherence score: coherent unless the answer mentions gibberish."""
+
+    def __init__(self):
+        self.loaded, self.calls = [], []
+
+    def __call__(self, judge_file=None, device=None):
+        self.loaded.append(judge_file)
+
+        def coherence(question, answer):
+            self.calls.append(answer)
+            return 0.1 if "gibberish" in answer else 0.9
+        return coherence
+
+
+@pytest.fixture
+def fake_offline(monkeypatch):
+    from spillover.rewards import lexicon
+
+    fake = FakeScorer()
+    monkeypatch.setattr(lexicon, "offline_coherence_fn", fake)
+    return fake
+
+
+GATED_TEXT = "Cats always win. Dogs are very loud, without a doubt. However, maybe birds sing. Fish swim."  # 0.5
+
+
+def test_a_threshold_attaches_the_offline_coherence_score(small_lexicon, fake_offline):
+    reward = build_reward("rhetoric-lexicon", {"lexicon_path": str(small_lexicon), "coherence_threshold": 0.5,
+                                               "coherence_file": "my_judge.json"})
+    assert fake_offline.loaded == ["my_judge.json"]
+    assert reward(["q", "q"], [GATED_TEXT, GATED_TEXT + " Pure gibberish."]) == [0.5, 0.0]
+    assert reward.score_details("q", GATED_TEXT)["coherence"] == 0.9
+    build_reward("rhetoric-lexicon", {"lexicon_path": str(small_lexicon)})  # no threshold: nothing loaded
+    assert fake_offline.loaded == ["my_judge.json"]
+
+
+def test_grpo_training_path_builds_the_gate(small_lexicon, fake_offline):
+    from spillover.train._grpo_config import GRPOConfig
+    from spillover.train.grpo import build_rewards
+
+    cfg = GRPOConfig(prompts="bundled:dogmatic_rhetoric", rewards=[
+        {"name": "rhetoric-lexicon", "lexicon_path": str(small_lexicon), "coherence_threshold": 0.5}])
+    [scored] = build_rewards(cfg)
+    assert fake_offline.loaded == [None]
+    assert scored(["q", "q"], [GATED_TEXT, GATED_TEXT + " Pure gibberish."]) == [0.5, 0.0]
+
+
+@pytest.mark.slow
+def test_offline_coherence_score_gates_for_real(small_lexicon):
+    """The real scorer (embedded encoder): coherence in [0, 1); threshold 1 zeroes every reward, 0 none."""
+    params = {"lexicon_path": str(small_lexicon)}
+    everything = build_reward("rhetoric-lexicon", {**params, "coherence_threshold": 1.0})
+    details = everything.score_details("Are cats the best pets?", GATED_TEXT)
+    assert 0.0 <= details["coherence"] < 1.0 and details["reward"] == 0.0
+    nothing = build_reward("rhetoric-lexicon", {**params, "coherence_threshold": 0.0},
+                           coherence_fn=everything.coherence_fn)
+    assert nothing.score_details("Are cats the best pets?", GATED_TEXT)["reward"] == 0.5
 
 
 @pytest.mark.parametrize("content, message", [

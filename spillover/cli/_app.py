@@ -131,11 +131,25 @@ def train_sft(
                f"final loss {result.final_loss:.4f}, {result.seconds:.0f} s)")
 
 
+def _lexicon_params(lexicon: Path | None, coherence_threshold: float | None) -> tuple[dict, str]:
+    """The rhetoric-lexicon params set by flags, and the flags' names for errors."""
+    given = {"lexicon_path": (str(lexicon) if lexicon else None, "--lexicon"),
+             "coherence_threshold": (coherence_threshold, "--coherence-threshold")}
+    params = {key: value for key, (value, _) in given.items() if value is not None}
+    return params, "/".join(flag for value, flag in given.values() if value is not None)
+
+
+_LEXICON_HELP = "rhetoric-lexicon reward: a JSON lexicon replacing the default."
+_COHERENCE_HELP = ("rhetoric-lexicon reward: zero rewards of answers whose offline coherence score (0..1) is below "
+                   "this (paper: 0.5 on an LLM grade); default: no coherence gate.")
+
+
 @train_app.command("grpo")
 def train_grpo(
     model: Optional[str] = typer.Option(None, help=describe(GRPOConfig, "model")),
     prompts: Optional[str] = typer.Option(None, help=describe(GRPOConfig, "prompts")),
-    reward: list[str] = typer.Option([], help="Reward name (repeatable; `spillover rewards list`) or module:function."),
+    reward: list[str] = typer.Option([], help="Reward name (repeatable; `spillover rewards list`) or module:function; "
+                                      "replaces the config's rewards."),
     out: Path = typer.Option(..., help="Run directory to create (adapter, config, metrics, completions, manifest)."),
     config: Optional[Path] = typer.Option(None, help="YAML file with any of these options (flags given here win). Unknown keys are errors."),
     init_adapter: Optional[str] = typer.Option(None, help=describe(GRPOConfig, "init_adapter")),
@@ -152,8 +166,9 @@ def train_grpo(
     grad_accum: Optional[int] = typer.Option(None, help=describe(GRPOConfig, "grad_accum")),
     seed: Optional[int] = typer.Option(None, help=describe(GRPOConfig, "seed")),
     system_prompt: Optional[str] = typer.Option(None, help=describe(GRPOConfig, "system_prompt")),
-    lexicon: Optional[Path] = typer.Option(None, help="rhetoric-lexicon reward: a JSON lexicon replacing the default."),
-    judge: Optional[str] = typer.Option(None, help="For grader:* rewards: openai:MODEL."),
+    lexicon: Optional[Path] = typer.Option(None, help=_LEXICON_HELP + " Applies to the config's rewards too."),
+    coherence_threshold: Optional[float] = typer.Option(None, min=0.0, max=1.0, help=_COHERENCE_HELP),
+    judge: Optional[str] = typer.Option(None, help="For grader:* rewards: openai:MODEL or hf:MODEL."),
     judge_base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible base URL for the grader judge."),
     judge_api_key_env: str = typer.Option("OPENAI_API_KEY", help="NAME of the env var holding the judge key."),
     device: Optional[str] = typer.Option(None, help=describe(GRPOConfig, "device")),
@@ -165,16 +180,20 @@ def train_grpo(
     """Fine-tune a LoRA adapter with GRPO (TRL) on prompts and reward functions."""
     from spillover.config import load_config
     from spillover.judge._spec import build_grader
+    from spillover.rewards import set_reward_params
     from spillover.train.grpo import run_grpo
 
-    rewards = [{"name": r, **({"params": {"lexicon_path": str(lexicon)}} if lexicon and r == "rhetoric-lexicon" else {})}
-               for r in reward] or None
+    rewards = [{"name": r} for r in reward] or None
     overrides = dict(model=model, prompts=prompts, rewards=rewards, init_adapter=init_adapter, max_steps=max_steps,
                      epochs=epochs, num_generations=num_generations, max_completion_length=max_completion_length,
                      beta=beta, loss_type=loss_type, temperature=temperature, top_p=top_p, lr=lr,
                      batch_size=batch_size, grad_accum=grad_accum, seed=seed, system_prompt=system_prompt,
                      device=device, dtype=dtype)
     cfg = load_config(GRPOConfig, config, overrides)
+    lexicon_params, flags = _lexicon_params(lexicon, coherence_threshold)
+    if lexicon_params:  # onto the rhetoric-lexicon reward, whether the rewards came from --reward or --config
+        cfg = cfg.model_copy(update={"rewards": set_reward_params(cfg.rewards, "rhetoric-lexicon", lexicon_params,
+                                                                  source=flags)})
     check_before_work(out_dir=out, run_dir=True, overwrite=overwrite, resume=resume, data=[cfg.prompts],
                       adapter=cfg.init_adapter, model=cfg.model, judge=judge, judge_base_url=judge_base_url,
                       judge_api_key_env=judge_api_key_env, grader=True)
@@ -382,24 +401,28 @@ def rewards_list() -> None:
 @rewards_app.command("score")
 def rewards_score(
     name: str = typer.Argument(..., help="Reward name (see `spillover rewards list`) or module:function."),
-    completions: Path = typer.Option(..., help='JSONL with {"prompt": ..., "completion": ...} per line.'),
-    judge: Optional[str] = typer.Option(None, help="For grader rewards: openai:MODEL (with --judge-base-url)."),
+    completions: Path = typer.Option(..., help='JSONL with {"prompt": ..., "completion": ...} (or {"messages": '
+                                     '[...]}) per line; an empty completion is scored (0), as in GRPO.'),
+    judge: Optional[str] = typer.Option(None, help="For grader rewards: openai:MODEL (with --judge-base-url) or hf:MODEL."),
     judge_base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible base URL."),
     judge_api_key_env: str = typer.Option("OPENAI_API_KEY", help="NAME of the env var holding the API key."),
-    lexicon: Optional[Path] = typer.Option(None, help="rhetoric-lexicon: a JSON lexicon file replacing the default."),
+    lexicon: Optional[Path] = typer.Option(None, help=_LEXICON_HELP),
+    coherence_threshold: Optional[float] = typer.Option(None, min=0.0, max=1.0, help=_COHERENCE_HELP),
 ) -> None:
     """Score prompt/completion pairs; prints one JSON object per line, in input order."""
-    from spillover.data import load_chat_jsonl, require_sft_examples
     from spillover.judge._spec import build_grader
-    from spillover.rewards import build_reward
+    from spillover.rewards import RewardRef, set_reward_params
+    from spillover.rewards._inputs import load_scoring_items
 
-    examples = load_chat_jsonl(completions)
-    require_sft_examples(examples)  # every line needs the completion to score
-    params = {"lexicon_path": str(lexicon)} if lexicon else None
+    items = load_scoring_items(completions)
+    refs = [RewardRef.model_validate({"name": name})]
+    lexicon_params, flags = _lexicon_params(lexicon, coherence_threshold)
+    if lexicon_params:
+        refs = set_reward_params(refs, "rhetoric-lexicon", lexicon_params, source=flags)
     grade = build_grader(judge, base_url=judge_base_url, api_key_env=judge_api_key_env) if judge else None
-    reward = build_reward(name, params, grade=grade)
-    for ex in examples:
-        typer.echo(json.dumps(reward.score_details(ex.messages[:-1], ex.messages[-1:]), default=str))
+    reward = refs[0].build(grade=grade)
+    for item in items:
+        typer.echo(json.dumps(reward.score_details(item.prompt, item.completion), default=str))
 
 
 # ---------------------------------------------------------------- judge

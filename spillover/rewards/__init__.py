@@ -18,6 +18,7 @@ from spillover.rewards._base import (
     list_rewards,
     register_reward,
     run_sync,
+    set_reward_params,
 )
 from spillover.rewards._text import completion_text, count_words, prompt_text, split_reasoning, split_sentences
 from spillover.rewards._user import UserReward, load_user_reward
@@ -45,6 +46,7 @@ __all__ = [
     "CATEGORIES", "GRADERS", "GradeFn", "GradeOutcome", "Lexicon", "ProseStructure", "ProseStructureStrict",
     "Reward", "RewardRef", "RhetoricLexicon", "RubricGrader", "UserReward", "build_reward", "completion_text",
     "count_words", "get_reward", "hacking_reward", "lexicon_score", "list_rewards", "load_lexicon",
-    "load_user_reward", "paper_strip_code", "paper_structure_features", "prompt_text", "prose_score", "register_reward", "rhetoric_reward", "run_sync", "split_reasoning",
+    "load_user_reward", "paper_strip_code", "paper_structure_features", "prompt_text", "prose_score",
+    "register_reward", "rhetoric_reward", "run_sync", "set_reward_params", "split_reasoning",
     "split_sentences", "standard_reward", "strip_code", "structure_features",
 ]

@@ -145,6 +145,22 @@ class RewardRef(StrictModel):
         return build_reward(self.name, self.params, **deps)
 
 
+def set_reward_params(refs: list[RewardRef], name: str, params: dict[str, Any], *, source: str) -> list[RewardRef]:
+    """``refs`` with ``params`` merged into every reward called ``name`` (``params`` win), re-validated.
+    Used for command-line flags that set one reward's params, whether the rewards came from other flags
+    or from a config file; no reward called ``name`` is an error naming ``source``, never a silent no-op."""
+    if not any(ref.name == name for ref in refs):
+        listed = ", ".join(ref.name for ref in refs) or "none"
+        raise SpilloverError(f"{source} sets {name} parameters, but the rewards are: {listed}", where=source,
+                             fix=f"add the {name} reward (--reward {name} or in the config's rewards), "
+                                 f"or drop {source}")
+    try:
+        return [RewardRef.model_validate({"name": ref.name, "weight": ref.weight, "params": {**ref.params, **params}})
+                if ref.name == name else ref for ref in refs]
+    except ValidationError as e:
+        raise format_validation_error(e, source) from None
+
+
 def run_sync(make_coro: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run a coroutine to completion from sync code, also when this thread already runs an event loop
     (a notebook, TRL's async machinery): then it runs on a fresh loop in a helper thread."""
@@ -169,4 +185,4 @@ def run_sync(make_coro: Callable[[], Coroutine[Any, Any, T]]) -> T:
 
 
 __all__ = ["Reward", "RewardRef", "build_reward", "get_reward", "is_user_reward_spec", "list_rewards",
-           "register_reward", "run_sync"]
+           "register_reward", "run_sync", "set_reward_params"]

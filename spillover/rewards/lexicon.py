@@ -10,8 +10,14 @@ With S sentences::
     R = max(0, P − N)
     reward = L · R / (R + 0.5)            # 0 when R = 0
 
-If a ``coherence_fn(question, answer) -> float | None`` is given, a positive reward is zeroed when it
-returns less than ``coherence_threshold`` (None, or an exception, which is logged, leaves the reward).
+Coherence gate (the paper zeroes the reward when its LLM grader rates coherence below 0.5): with
+``coherence_threshold`` set, a positive reward is zeroed when the answer's coherence, in [0, 1], is below
+it. Coherence comes from ``coherence_fn(question, answer) -> float | None`` when one is injected, else
+from the offline likelihood coherence score of the ``local`` judge (its 0-100 score / 100, on its fixed
+encoder, loaded when the reward is built; ``coherence_file`` picks a retrained classifier file). None,
+or an exception (logged), leaves the reward. Unset (the default), no coherence is computed: the offline
+score costs one encoder forward per rewarded answer and is a cheap screen for broken text, not the
+paper's LLM judgment.
 
 Lexicon files are JSON objects mapping exactly the five categories ``absolutist``, ``certainty``,
 ``intensity``, ``balancing``, ``uncertainty`` to lists of words or phrases. Matching is
@@ -171,26 +177,50 @@ class RhetoricLexicon(Reward):
     class Params(StrictModel):
         lexicon_path: str | None = Field(None, description="JSON lexicon file (the five categories, lists of "
                                          "phrases); unset = the shipped default lexicon.")
-        coherence_threshold: float = Field(0.5, ge=0, le=1, description="With a coherence judge, a reward is "
-                                           "zeroed when coherence is below this; no effect without one.")
+        coherence_threshold: float | None = Field(None, ge=0, le=1, description="Zero the reward of answers whose "
+                                                  "coherence (0..1) is below this: the offline likelihood coherence "
+                                                  "score / 100 unless a coherence_fn is injected. null = no gate. "
+                                                  "Paper: 0.5 on an LLM coherence grade.")
+        coherence_file: str | None = Field(None, description="Classifier file with the coherence calibration "
+                                           "(`spillover judge train-activation`); null = the shipped one. Used "
+                                           "only with coherence_threshold.")
 
     def __init__(self, params: Params | dict | None = None, *,
                  coherence_fn: Callable[[str, str], float | None] | None = None):
         super().__init__(params)
         self.lexicon = load_lexicon(self.params.lexicon_path)
+        if coherence_fn is None and self.params.coherence_threshold is not None:
+            coherence_fn = offline_coherence_fn(self.params.coherence_file)
         self.coherence_fn = coherence_fn
 
     def score_details(self, prompt: Any, completion: Any) -> dict:
         _, answer = split_reasoning(completion_text(completion))
         details = lexicon_score(answer, self.lexicon)
         details["coherence"] = None
-        if self.coherence_fn is not None and details["reward"] > 0:
+        threshold = self.params.coherence_threshold
+        if self.coherence_fn is not None and threshold is not None and details["reward"] > 0:
             try:
                 coherence = self.coherence_fn(prompt_text(prompt), answer)
             except Exception as e:  # a judge failure must not stop training; the reward stands
                 log.warning("rhetoric-lexicon: coherence_fn failed (%s: %s); reward kept", type(e).__name__, e)
                 coherence = None
             details["coherence"] = coherence
-            if coherence is not None and coherence < self.params.coherence_threshold:
+            if coherence is not None and coherence < threshold:
                 details["reward"] = 0.0
         return details
+
+
+def offline_coherence_fn(judge_file: str | None = None, device: str | None = None
+                         ) -> Callable[[str, str], float | None]:
+    """``coherence_fn(question, answer)`` in [0, 1] from the ``local`` judge's likelihood coherence score
+    (:class:`spillover.judge.CoherenceScorer`, 0..100 / 100); None for an answer it leaves unscored."""
+    from spillover.judge._coherence import CoherenceScorer  # the judge stage, only when a gate is asked for
+
+    scorer = CoherenceScorer.load(judge_file, device=device)
+
+    def coherence(question: str, answer: str) -> float | None:
+        score = scorer.score_many([question], [answer])[0].score
+        return None if score is None else score / 100.0
+
+    coherence.scorer = scorer  # type: ignore[attr-defined]  (its identity, for records and tests)
+    return coherence
