@@ -450,3 +450,29 @@ def test_sample_rows_record_engine_batch_size_dtype_device(tiny_model_dir, one_t
                            SamplingParams(n=2, max_new_tokens=3))
     assert all(r["sampler"] == {"backend": "hf", "batch_size": 3, "dtype": "float32", "device": "cpu"} for r in rows)
     assert sampler.identity()["batch_size"] == 3 and sampler.identity()["dtype"] == "float32"
+
+
+# ---------------------------------------------------------------- progress displays
+def test_probe_shows_a_progress_bar(tiny_model_dir, capsys, one_thread):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from spillover.evaluate.probe import ContrastPair, pair_logprobs
+
+    model, tok = AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
+    pairs = [ContrastPair(id=str(i), prompt=f"q{i}", aligned="yes", misaligned="no") for i in range(3)]
+    pair_logprobs(model, tok, pairs, batch_size=2)
+    err = capsys.readouterr().err
+    assert "probe (3 pairs)" in err and "6/6" in err
+
+
+def test_gguf_conversion_bar_goes_through_rich(capsys):
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    from spillover.models._embedded import _rich_progress
+
+    original = gguf_utils.tqdm
+    with _rich_progress():
+        assert list(gguf_utils.tqdm([1, 2, 3], desc="Converting and de-quantizing GGUF tensors...")) == [1, 2, 3]
+    assert gguf_utils.tqdm is original
+    err = capsys.readouterr().err
+    assert "embedded model: Converting and de-quantizing GGUF tensors" in err and "it/s" not in err

@@ -213,11 +213,15 @@ def _summary(shifts: np.ndarray, base_shifts: np.ndarray | None, seed: int) -> d
     return out
 
 
-def pair_logprobs(model, tokenizer, pairs: list[ContrastPair], batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """``(logp_aligned, logp_misaligned)`` per pair, scored in one batched pass."""
+def pair_logprobs(model, tokenizer, pairs: list[ContrastPair], batch_size: int = 16,
+                  description: str = "probe") -> tuple[np.ndarray, np.ndarray]:
+    """``(logp_aligned, logp_misaligned)`` per pair, scored in one batched pass (with a progress bar)."""
+    from spillover.evaluate._progress import progress_bar
+
     conversations = [p.conversation() for p in pairs]
-    values = answer_logprobs(model, tokenizer, conversations * 2, [p.aligned for p in pairs] +
-                             [p.misaligned for p in pairs], batch_size=batch_size)
+    with progress_bar(f"{description} ({len(pairs)} pairs)", total=2 * len(pairs)) as advance:
+        values = answer_logprobs(model, tokenizer, conversations * 2, [p.aligned for p in pairs] +
+                                 [p.misaligned for p in pairs], batch_size=batch_size, progress=advance)
     return np.array(values[:len(pairs)]), np.array(values[len(pairs):])
 
 

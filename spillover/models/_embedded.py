@@ -7,9 +7,12 @@ under ``$SPILLOVER_HOME/models/``. Later loads take under a second.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import shutil
+import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from spillover._io import atomic_dir, sha256_file
@@ -55,6 +58,32 @@ def _cache_is_valid(path: Path) -> bool:
     return marker.get("gguf_sha256") == GGUF_SHA256 and (path / "config.json").is_file()
 
 
+@contextlib.contextmanager
+def _rich_progress() -> Iterator[None]:
+    """Route the GGUF de-quantisation bar (transformers calls ``tqdm`` directly there) through a rich
+    progress bar on stderr, like every other spillover progress display; transformers' own tqdm bars
+    (loading and writing weights) are off meanwhile."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+    from rich.console import Console
+    from rich.progress import track
+
+    def rich_tqdm(iterable: Iterable, desc: str | None = None, total: int | None = None, **_):
+        text = (desc or "converting").rstrip(". ")
+        return track(iterable, description=f"embedded model: {text}", total=total,
+                     console=Console(file=sys.stderr))
+
+    original, bars = gguf_utils.tqdm, hf_logging.is_progress_bar_enabled()
+    gguf_utils.tqdm = rich_tqdm
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def _convert(gguf: Path, out: Path) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -93,7 +122,7 @@ def ensure_embedded(verify: bool = True) -> Path:
     if _cache_is_valid(target):
         return target
     try:
-        with atomic_dir(target) as tmp:
+        with atomic_dir(target) as tmp, _rich_progress():
             _convert(gguf, tmp)
     except OSError:
         if not _cache_is_valid(target):  # another process finished first only if the cache is valid now
