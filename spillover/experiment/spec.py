@@ -260,6 +260,11 @@ def load_experiment_config(path: str | Path) -> ExperimentConfig:
     if not Path(path).is_file():
         raise SpilloverError(f"experiment file not found: {path}", fix="check the path (examples/ has some)")
     data, lines = load_yaml_mapping(path)
+    for key, line in list(lines.items()):  # pydantic puts the union's tag (sft/grpo) after `train` in error paths
+        for i, part in enumerate(key):
+            if part == "train":
+                for tag in ("sft", "grpo"):
+                    lines.setdefault(key[:i + 1] + (tag,) + key[i + 1:], line)
     if "grpo" in data and "arms" not in data and "grids" not in data:
         from spillover.experiment.compare import CompareConfig, comparison_experiment
 

@@ -1,0 +1,133 @@
+"""The experiment schema: strict everywhere (errors name the YAML line, nested sections included), grids,
+and bad input caught before anything trains."""
+
+import pytest
+
+from spillover.config import load_config
+from spillover.errors import SpilloverError
+from spillover.experiment.runner import plan_rows, preflight, waves
+from spillover.experiment.spec import ExperimentConfig, load_experiment_config
+
+SFT = {"method": "sft", "data": "bundled:insecure_code", "max_steps": 2}
+
+
+def cfg(**over):
+    return ExperimentConfig.model_validate({"arms": [{"name": "base"}], **over})
+
+
+def write(tmp_path, text):
+    p = tmp_path / "exp.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_unknown_keys_name_their_line_in_nested_sections(tmp_path):
+    p = write(tmp_path, "arms:\n  - name: a\n    train:\n      method: sft\n      data: bundled:insecure_code\n"
+                        "      lora: {r: 8, alfa: 16}\nevaluation:\n  sampling:\n    max_new_tokns: 5\n")
+    with pytest.raises(SpilloverError) as e:
+        load_experiment_config(p)
+    text = e.value.what
+    assert "exp.yaml:6: arms[0].train.sft.lora.alfa: unknown key" in text
+    assert "exp.yaml:9: evaluation.sampling.max_new_tokns: unknown key" in text
+
+
+def test_train_method_is_a_discriminated_union(tmp_path):
+    p = write(tmp_path, "arms:\n  - name: a\n    train: {method: grpo, prompts: bundled:dogmatic_rhetoric, data: x,"
+                        " rewards: [{name: rhetoric-lexicon}]}\n")
+    with pytest.raises(SpilloverError, match=r"arms\[0\]\.train\.grpo\.data: unknown key"):
+        load_experiment_config(p)
+    p = write(tmp_path, "arms:\n  - name: a\n    train: {method: grpo, prompts: x, batch_size: 3, rewards: [rhetoric-lexicon]}\n")
+    with pytest.raises(SpilloverError, match="multiple of num_generations"):
+        load_experiment_config(p)
+    p = write(tmp_path, "arms:\n  - name: a\n    train: {method: sft, data: x, model: other}\n")
+    with pytest.raises(SpilloverError, match=r"train\.sft\.model: unknown key"):  # set by the experiment
+        load_experiment_config(p)
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"arms": [{"name": "a", "train": SFT, "init_from": "warmpu"}, {"name": "warmup", "train": SFT}]},
+     "init_from 'warmpu' is neither an arm nor an adapter folder. Did you mean 'warmup'"),
+    ({"arms": [{"name": "a", "train": SFT, "init_from": "b"}, {"name": "b", "train": SFT, "init_from": "a"}]},
+     "init_from cycle: a -> b -> a"),
+    ({"arms": [{"name": "a"}, {"name": "a", "train": SFT}]}, r"arm names repeat: \['a'\]"),
+    ({"arms": [{"name": "a-1"}], "grids": [{"name": "a", "axes": {"x": {"1": {}}}}], "seeds": [0]}, "arm names repeat"),
+    ({"arms": [{"name": "a"}], "seeds": []}, "at least 1 item"),
+    ({"arms": [{"name": "a"}], "seeds": [1, 1]}, "seeds repeat"),
+    ({"arms": []}, "no arms"),
+    ({"arms": [{"name": "a", "init_from": "b"}, {"name": "b"}]}, "does not train"),
+    ({"arms": [{"name": "bad name"}]}, "should match pattern"),
+])
+def test_bad_arms_are_refused(over, message):
+    with pytest.raises(Exception, match=message):
+        ExperimentConfig.model_validate(over)
+
+
+def test_grids_expand_to_named_labelled_arms_and_waves_follow_init_from():
+    c = cfg(arms=[{"name": "warmup", "train": SFT}],
+            grids=[{"name": "sft", "init_from": "warmup", "train": {**SFT, "lr": 1e-4},
+                    "axes": {"domain": {"code": {}, "aes": {"train": {"data": "bundled:unpopular_aesthetics"}}},
+                             "defense": {"none": {}, "kl": {"train": {"defenses": [{"name": "kl", "weight": 0.1}]}}}}}],
+            seeds=[0, 1])
+    arms = {a.name: a for a in c.all_arms()}
+    assert list(arms) == ["warmup", "sft-code-none", "sft-code-kl", "sft-aes-none", "sft-aes-kl"]
+    assert arms["sft-aes-kl"].labels == {"domain": "aes", "defense": "kl"}
+    assert arms["sft-aes-kl"].train.data == "bundled:unpopular_aesthetics" and arms["sft-aes-kl"].train.lr == 1e-4
+    assert [d.name for d in arms["sft-code-kl"].train.defenses] == ["kl"] and arms["sft-code-none"].train.defenses == []
+    w = waves(c)
+    assert [(u.arm, u.seed) for u in w[0]] == [("warmup", 0), ("warmup", 1)] and len(w[1]) == 8
+    assert "kl" in next(r["train"] for r in plan_rows(c) if r["arm"] == "sft-code-kl")
+
+
+def test_grid_override_typos_are_errors():
+    with pytest.raises(Exception, match="unknown keys"):
+        cfg(grids=[{"name": "g", "train": SFT, "axes": {"x": {"1": {"trian": {}}}}}])
+    with pytest.raises(Exception, match="lrr"):
+        cfg(grids=[{"name": "g", "train": SFT, "axes": {"x": {"1": {"train": {"lrr": 1}}}}}])
+
+
+def test_question_ids_are_checked_per_set_before_training():
+    general_ok = {"file": "bundled:general_questions", "question_ids": ["wish"]}
+    c = cfg(evaluation={"general": general_ok, "in_domain": {"file": "bundled:insecure_code_questions"}})
+    assert preflight(c) == []  # the general selection does not apply to the in-domain file
+    c = cfg(evaluation={"general": general_ok,
+                        "in_domain": {"file": "bundled:insecure_code_questions", "question_ids": ["wish"]}})
+    with pytest.raises(SpilloverError, match=r"evaluation\.in_domain: question_ids \['wish'\] are not in"):
+        preflight(c)
+
+
+def test_judges_that_cannot_be_built_fail_before_training(monkeypatch):
+    monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
+    c = cfg(evaluation={"judges": [{"spec": "openai:gpt-4o", "api_key_env": "NO_SUCH_KEY_VAR"}]})
+    with pytest.raises(SpilloverError, match="NO_SUCH_KEY_VAR holding its API key is not set"):
+        preflight(c)
+    monkeypatch.setenv("NO_SUCH_KEY_VAR", "x")
+    c = cfg(evaluation={"judges": [{"spec": "openai:m", "api_key_env": "NO_SUCH_KEY_VAR",
+                                    "base_url": "http://127.0.0.1:9/v1"}]})
+    with pytest.raises(SpilloverError, match="unreachable"):
+        preflight(c)
+    with pytest.raises(SpilloverError, match="unknown judge spec 'gpt4'"):
+        preflight(cfg(evaluation={"judges": ["gpt4"]}))
+    with pytest.raises(SpilloverError, match="judges repeat"):
+        preflight(cfg(evaluation={"judges": ["local", "local"]}))
+    assert preflight(cfg(evaluation={"judges": ["gpt4"]}), strict=False)  # --dry-run: reported, not raised
+
+
+def test_grader_rewards_need_a_grader():
+    c = cfg(arms=[{"name": "rl", "train": {"method": "grpo", "prompts": "bundled:dogmatic_rhetoric",
+                                           "rewards": [{"name": "grader:poor-rhetoric"}]}}])
+    with pytest.raises(SpilloverError, match="sets no grader"):
+        preflight(c)
+
+
+def test_missing_data_and_adapter_fail_before_training(tmp_path):
+    with pytest.raises(SpilloverError, match="data file not found"):
+        preflight(cfg(arms=[{"name": "a", "train": {**SFT, "data": str(tmp_path / "nope.jsonl")}}]))
+    with pytest.raises(SpilloverError, match="not an arm and not an adapter folder"):
+        preflight(cfg(arms=[{"name": "a", "init_from": str(tmp_path / "adapter")}]))
+
+
+def test_comparison_files_load_as_their_experiment(tmp_path):
+    p = write(tmp_path, "data: bundled:dogmatic_rhetoric\nn_items: 8\ngrpo: {rewards: [rhetoric-lexicon], batch_size: 4}\n")
+    c = load_experiment_config(p)
+    assert [a.name for a in c.all_arms()] == ["base", "sft", "rl"] and c.arm("rl").n_items == 8
+    assert load_config(ExperimentConfig, None, {"arms": [{"name": "x"}]}).arm("x").train is None
