@@ -1,0 +1,47 @@
+"""Parity of `prose-structure` with the RL paper's own structure score, on random markdown-like texts.
+
+The paper's code is not part of spillover; point this at your copy of its scoring module (in the
+authors' repository: open_models/tools/structure_detection.py, function structure_score_markdown):
+
+    python bench/prose_parity.py PATH/TO/structure_detection.py [--n 100000] [--seed 0]
+
+Texts are random sequences of prose, markdown and whitespace pieces (lists, headings, emphasis, code
+fences, tables, unusual line breaks). Prints how many rewards differ (by more than 1e-12) for
+`prose-structure` (expected 0) and, for contrast, for `prose-structure-strict`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import random
+
+from spillover.rewards import prose_score
+
+PIECES = ["word", "Word.", "end!", "ask?", "Dr. X", " ", "  ", "\t", "\n", "\n\n", "\r\n", "\x85", "\u2028", "\xa0",
+          "- ", "* ", "+ ", "1. ", "12) ", "1234. ", "# ", "### ", "#tag", "**", "__", "*", "_", "***", "`", "```",
+          "~~~", "|", "| a | b |", "|---|---|", ":", "-", "snake_case", "2*3", "  - ", "\t1. ", "x", "y.", "text"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("paper_module", help="the paper's structure_detection.py")
+    parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    spec = importlib.util.spec_from_file_location("paper_structure_detection", args.paper_module)
+    paper = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(paper)
+    rng = random.Random(args.seed)
+    differ = {"paper": 0, "strict": 0}
+    for _ in range(args.n):
+        text = "".join(rng.choice(PIECES) for _ in range(rng.randint(0, 40)))
+        expected = paper.structure_score_markdown(text)
+        for counting in differ:
+            differ[counting] += abs(prose_score(text, counting=counting)["reward"] - expected) > 1e-12
+    print(f"{args.n} random texts: prose-structure differs on {differ['paper']}, "
+          f"prose-structure-strict on {differ['strict']} ({differ['strict'] / args.n:.1%})")
+
+
+if __name__ == "__main__":
+    main()
