@@ -23,7 +23,6 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from _fake_openai_server import FakeOpenAIServer, expected_score  # noqa: E402
-
 from spillover.judge import TOP_LOGPROBS, OpenAIJudge, OpenAIJudgeConfig, aggregate_score  # noqa: E402
 
 

@@ -75,7 +75,8 @@ def main():
 
     with tempfile.TemporaryDirectory() as tmp:
         r = run_sft(SFTConfig(data="bundled:insecure_code", max_steps=args.sft_steps, batch_size=4, device="cpu"), tmp)
-        import json, pathlib
+        import json
+        import pathlib
 
         m = json.loads((pathlib.Path(tmp) / "manifest.json").read_text())
         print(f"SFT (LoRA r=16, batch 4): {m['seconds_per_step']:.2f} s/step, "
