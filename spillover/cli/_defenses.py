@@ -151,3 +151,35 @@ def defenses_make_onpolicy(
     atomic_write_jsonl(out, rows)
     typer.echo(f"{counts['kept']} of {len(records)} answers kept (dropped: {counts['empty']} empty, "
                f"{counts['refusal']} refusals, {counts['truncated']} truncated) -> {out}")
+
+
+@defenses_app.command("persona-vector")
+def defenses_persona_vector(
+    out: Path = typer.Option(..., help="Vector file to write (.safetensors); give it to the steer defense as vector."),
+    model: str = typer.Option("embedded", help="The model you will train ('embedded', a folder or a hub id)."),
+    questions: str = typer.Option("bundled:general_questions", help="Question file (YAML/JSONL, or bundled:NAME): every "
+                                  "paraphrase is answered under both personas."),
+    samples: int = typer.Option(1, min=1, help="Answers per paraphrase and persona."),
+    max_new_tokens: int = typer.Option(64, min=1, help="Tokens per generated answer."),
+    temperature: float = typer.Option(1.0, min=0.0, help="Sampling temperature (0 = greedy)."),
+    misaligned_system: Optional[str] = typer.Option(None, help="System prompt of the misaligned persona "
+                                                    "(default: spillover's evil-assistant prompt)."),
+    aligned_system: Optional[str] = typer.Option(None, help="System prompt of the aligned persona."),
+    seed: int = typer.Option(0, help="Sampling seed."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+) -> None:
+    """Extract persona vectors: mean answer-token hidden states under a misaligned persona minus an aligned one, per layer."""
+    from spillover.defenses.steer import ALIGNED_SYSTEM, MISALIGNED_SYSTEM, extract_persona_vectors
+    from spillover.evaluate.questions import load_questions
+    from spillover.models import load_model
+
+    qs = [p for q in load_questions(questions) for p in q.paraphrases]
+    lm, tok, ref = load_model(model, device=device)
+    pv = extract_persona_vectors(lm, tok, qs, misaligned_system=misaligned_system or MISALIGNED_SYSTEM,
+                                 aligned_system=aligned_system or ALIGNED_SYSTEM, samples=samples,
+                                 max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                                 model_name=ref.display)
+    pv.meta["questions"] = questions
+    path = pv.save(out)
+    norms = pv.meta["norms"]
+    typer.echo(f"persona vectors: {path}  ({len(norms)} hidden states; norm per layer {norms})")
