@@ -9,8 +9,16 @@ import numpy as np
 import pytest
 
 from spillover.errors import SpilloverError
-from spillover.evaluate.stats import (Clustered, across_seeds, cluster_of, difference, pairing, rate_tables,
-                                      value_tables, within_seed)
+from spillover.evaluate.stats import (
+    Clustered,
+    across_seeds,
+    cluster_of,
+    difference,
+    pairing,
+    rate_tables,
+    value_tables,
+    within_seed,
+)
 
 
 def _simulate(rng, n_seeds, n_questions, n_per=5, sd_seed=1.0, sd_question=1.0, sd_noise=1.0, shift=0.0,

@@ -37,8 +37,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from spillover.errors import SpilloverError
-from spillover.evaluate.metrics import Estimate, Thresholds, _check_bootstrap_args, _coerce, _json_float, \
-    _per_sample_terms, _percentile_ci
+from spillover.evaluate.metrics import (
+    Estimate,
+    Thresholds,
+    _check_bootstrap_args,
+    _coerce,
+    _json_float,
+    _per_sample_terms,
+    _percentile_ci,
+)
 
 RATE_METRICS = ("misalignment_rate", "incoherence_rate", "mean_misalignment", "unscored_rate")
 N_RESAMPLES = 2000

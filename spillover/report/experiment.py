@@ -29,8 +29,15 @@ import numpy as np
 
 from spillover._io import atomic_write_json, atomic_write_text, read_jsonl
 from spillover.evaluate.metrics import Thresholds
-from spillover.evaluate.stats import RATE_METRICS, AcrossSeeds, Difference, across_seeds, difference, rate_tables, \
-    value_tables
+from spillover.evaluate.stats import (
+    RATE_METRICS,
+    AcrossSeeds,
+    Difference,
+    across_seeds,
+    difference,
+    rate_tables,
+    value_tables,
+)
 from spillover.judge.agreement import panel_agreement
 from spillover.report import _format as fmt
 from spillover.report._sections import _judge as judge_section
