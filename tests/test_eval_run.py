@@ -99,3 +99,55 @@ def test_answer_cannot_close_its_block():
 def test_unknown_judge_spec():
     with pytest.raises(SpilloverError, match="unknown judge spec"):
         build_judge("gpt4")
+
+
+def _eval_child(arms, settings, out, kill_at):
+    import os
+
+    from spillover.evaluate.store import FAULT_ENV
+
+    os.environ[FAULT_ENV] = kill_at
+    run_evaluation(arms, settings, FakeJudge(), out)
+
+
+def test_eval_killed_while_sampling_or_judging_resumes_to_the_same_results(tiny_model_dir, tmp_path, one_thread):
+    import dataclasses
+    import multiprocessing
+
+    qfile = tmp_path / "q.yaml"
+    qfile.write_text(QUESTIONS)
+    settings = EvalSettings(questions=str(qfile), max_new_tokens=5, batch_size=2, device="cpu", judge_batch=2)
+    arms = [Arm("base", str(tiny_model_dir))]
+    clean = run_evaluation(arms, settings, FakeJudge(), tmp_path / "clean")
+    out = tmp_path / "killed"
+    ctx = multiprocessing.get_context("fork")
+    for kill_at, stored in (("sample:2", "samples.jsonl"), ("judge:1", "judgments")):
+        proc = ctx.Process(target=_eval_child, args=(arms, settings, out, kill_at))
+        proc.start()
+        proc.join(120)
+        assert proc.exitcode == -9 and (out / "arms" / "base" / stored).exists()
+        assert not (out / "metrics.json").exists()
+    assert len((out / "arms" / "base" / "samples.jsonl").read_text().splitlines()) == 6  # kept, not resampled
+    run_evaluation(arms, settings, FakeJudge(), out)
+    assert (out / "samples.jsonl").read_text() == (clean / "samples.jsonl").read_text()
+    with pytest.raises(SpilloverError, match=r"(?s)other settings.*max_new_tokens"):
+        run_evaluation(arms, dataclasses.replace(settings, max_new_tokens=7), FakeJudge(), out)
+
+
+def test_sample_command_appends_per_batch_and_resumes(tiny_model_dir, tmp_path, one_thread):
+    from spillover.data import load_chat_jsonl
+    from spillover.evaluate.run import sample_file
+    from spillover.evaluate.sampling import SamplingParams, load_sampler
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Hi {i}"}) + "\n" for i in range(3)))
+    examples = load_chat_jsonl(prompts)
+    sampler = load_sampler(str(tiny_model_dir), device="cpu", batch_size=2)
+    params = SamplingParams(n=2, max_new_tokens=4, seed=1)
+    full = sample_file(sampler, examples, params, tmp_path / "a.jsonl", batch_size=2)
+    lines = (tmp_path / "a.jsonl").read_text().splitlines()
+    (tmp_path / "b.jsonl").write_text("\n".join(lines[:3]) + "\n" + lines[3][:10])  # a crash mid-batch
+    again = sample_file(sampler, examples, params, tmp_path / "b.jsonl", batch_size=2)
+    assert again == full and (tmp_path / "b.jsonl").read_text().splitlines()[:3] == lines[:3]
+    with pytest.raises(SpilloverError, match="other settings"):
+        sample_file(sampler, examples, SamplingParams(n=2, max_new_tokens=5, seed=1), tmp_path / "b.jsonl", batch_size=2)
