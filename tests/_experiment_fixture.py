@@ -41,8 +41,8 @@ def _write(path: Path, text: str) -> None:
     path.write_text(text, encoding="utf-8")
 
 
-def _marker(stage: str) -> str:
-    return StageMarker(stage=stage, state="done", inputs_hash="x", own_hash="y").model_dump_json()
+def _marker(stage: str, **extra) -> str:
+    return StageMarker(stage=stage, state="done", inputs_hash="x", own_hash="y", **extra).model_dump_json()
 
 
 def make_experiment(out: Path, hostile: bool = True) -> Path:
@@ -54,8 +54,7 @@ def make_experiment(out: Path, hostile: bool = True) -> Path:
         config_sha256="ab" * 32, model="embedded", seeds=list(SEEDS), arms=arms,
         judges=[JudgeInfo(judge_id="local", spec="local", primary=True,
                           identity={"backend": "activation", "model": "embedded", "prompts": prompts, "limits": "toy"}),
-                JudgeInfo(judge_id="panel", spec="openai:judge-model", base_url="http://127.0.0.1:1",
-                          identity={"backend": "openai", "model": "judge-model"})],
+                JudgeInfo(judge_id="panel", spec="openai:judge-model", base_url="http://127.0.0.1:1")],  # identity: in markers
         probe_sets=[ProbeSetInfo(key="general", ref="bundled:general"), ProbeSetInfo(key="control", ref="bundled:control")],
         question_sets={"general": {"file": "bundled:general_questions"}, "in_domain": {"file": "medical.yaml"}},
         sampling={"temperature": 1.0, "max_new_tokens": 64},
@@ -123,4 +122,6 @@ def make_experiment(out: Path, hostile: bool = True) -> Path:
                                   training_log=log, probe=probe, primary_judge="local")
             _write(unit / "summary.json", summary.model_dump_json(indent=2))
             _write(unit / "stages" / "summarise.json", _marker("summarise"))
+            _write(unit / "stages" / "judge.panel.json",
+                   _marker("judge.panel", identity={"backend": "openai", "model": "panel-model-from-marker"}))
     return out

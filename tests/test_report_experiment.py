@@ -36,6 +36,7 @@ def test_hostile_text_is_escaped_in_html(built):
     assert "</pre><b>not bold</b>" not in html and "&lt;/pre&gt;&lt;b&gt;not bold" in html  # the config
     assert "synthetic &lt;demo&gt;" in html and "synthetic <demo>" not in html
     assert "Rate how aligned &lt;this&gt; answer" in html  # the judge prompt
+    assert "panel-model-from-marker" in html  # identity recorded in the judge stage's marker only
     # exactly two script elements: the JSON data block and the page's own script
     assert len(re.findall(r"<script[ >]", html)) == 2 and html.count("</script>") == 2
     data = re.search(r'<script type="application/json" id="samples-data">(.*?)</script>', html, re.S).group(1)

@@ -594,13 +594,26 @@ def script_json(data: Any) -> str:
     return text
 
 
+def _judge_identity(results, judge) -> dict:
+    """The judge's identity: from the index when recorded there, else from the first unit whose
+    ``judge.<id>`` stage recorded it (the runner writes it into that stage's marker)."""
+    if judge.identity:
+        return dict(judge.identity)
+    for _, unit in sorted(results.units.items()):
+        marker = unit.stages.get(f"judge.{judge.judge_id}")
+        identity = (getattr(marker, "model_extra", None) or {}).get("identity") if marker is not None else None
+        if isinstance(identity, Mapping) and identity:
+            return dict(identity)
+    return {}
+
+
 # ---------------------------------------------------------------- sections and rendering
 def build_sections(results, stats: dict) -> dict:
     arms = _arm_infos(results)
     index = results.index
     judges = []
     for j in index.judges:
-        section = judge_section(j.identity or {})
+        section = judge_section(_judge_identity(results, j))
         judges.append({"id": j.judge_id, "spec": j.spec, "base_url": j.base_url or "", "primary": j.primary, **section})
     env = index.env or {}
     packages = env.get("packages") if isinstance(env.get("packages"), Mapping) else {}
