@@ -110,6 +110,24 @@ def test_rerun_is_a_no_op_and_training_consumption_is_recorded(clean_run):
     assert (root / "clean" / "base" / "probe").is_dir()  # the base model's probe, once per experiment
 
 
+def test_run_and_status_through_the_cli(clean_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from spillover.cli import app
+    from spillover.config import dump_yaml
+
+    root, cfg = clean_run
+    path = tmp_path / "exp.yaml"
+    path.write_text(dump_yaml(cfg))
+    result = CliRunner().invoke(app, ["run", str(path), "--out", str(root / "clean")])
+    assert result.exit_code == 0, result.output
+    assert "done" in result.output and "failed" not in result.output
+    result = CliRunner().invoke(app, ["status", str(root / "killed")])
+    assert result.exit_code == 0 and "sft" in result.output and "rl" in result.output
+    result = CliRunner().invoke(app, ["run", str(path), "--dry-run"])
+    assert result.exit_code == 0 and "2 arms x 2 seeds" in result.output
+
+
 def test_changed_config_is_refused_with_a_diff_then_forced(clean_run, tmp_path):
     root, cfg = clean_run
     changed = cfg.model_copy(update={"evaluation": cfg.evaluation.model_copy(
