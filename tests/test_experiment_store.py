@@ -6,8 +6,7 @@ import pytest
 
 from spillover.errors import SpilloverError
 from spillover.evaluate.store import JsonlLog, JudgmentRecord
-from spillover.experiment.results import (StageMarker, UnitResults, judgments_log, marker_path, read_marker,
-                                          samples_log)
+from spillover.experiment.results import StageMarker, UnitResults, judgments_log, marker_path, read_marker, samples_log
 
 
 def _sample(i, arm="a"):

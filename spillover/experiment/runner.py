@@ -20,8 +20,20 @@ from spillover._io import atomic_write_json, atomic_write_text, sha256_json
 from spillover._run import environment_info, now_iso
 from spillover.config import dump_yaml
 from spillover.errors import SpilloverError
-from spillover.experiment.results import (CONFIG_FILE, INDEX_FILE, STAGES, ArmInfo, ExperimentIndex, JudgeInfo,
-                                          ProbeSetInfo, base_dir, marker_path, read_index, read_marker, unit_dir)
+from spillover.experiment.results import (
+    CONFIG_FILE,
+    INDEX_FILE,
+    STAGES,
+    ArmInfo,
+    ExperimentIndex,
+    JudgeInfo,
+    ProbeSetInfo,
+    base_dir,
+    marker_path,
+    read_index,
+    read_marker,
+    unit_dir,
+)
 from spillover.experiment.spec import ExperimentConfig, JudgeSpec
 from spillover.experiment.stages import judge_id, own_hashes, question_sets
 

@@ -23,12 +23,33 @@ from pathlib import Path
 from spillover._io import atomic_write_json, atomic_write_jsonl, sha256_json
 from spillover._run import now_iso, read_manifest
 from spillover.errors import SpilloverError
-from spillover.evaluate.run import (QuestionSelection, judge_into, judge_slug, joined_rows, metrics_by_set, probe_key,
-                                    probe_logprobs, probe_summary, sample_into, select_questions)
+from spillover.evaluate.run import (
+    QuestionSelection,
+    joined_rows,
+    judge_into,
+    judge_slug,
+    metrics_by_set,
+    probe_key,
+    probe_logprobs,
+    probe_summary,
+    sample_into,
+    select_questions,
+)
 from spillover.evaluate.sampling import SamplingParams
 from spillover.evaluate.store import fault_watch
-from spillover.experiment.results import (CONFIG_FILE, SUMMARY_FILE, StageMarker, TrainingConsumption, UnitSummary,
-                                          base_dir, judgments_log, marker_path, read_marker, samples_log, unit_dir)
+from spillover.experiment.results import (
+    CONFIG_FILE,
+    SUMMARY_FILE,
+    StageMarker,
+    TrainingConsumption,
+    UnitSummary,
+    base_dir,
+    judgments_log,
+    marker_path,
+    read_marker,
+    samples_log,
+    unit_dir,
+)
 from spillover.experiment.spec import ArmSpec, ExperimentConfig, JudgeSpec, recipe_config
 
 SUMMARY_VERSION = 1
