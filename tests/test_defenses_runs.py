@@ -84,3 +84,30 @@ def test_ldifs_reduces_feature_drift(tiny_model_dir, data_file, tmp_path):
                                                  [batch.reference.hidden(i) for i in layers], batch.attention_mask))
     assert 0 < drift["ldifs"] < 0.5 * drift["plain"]
     assert all("defense/ldifs/loss" in r for r in metrics(runs["ldifs"]) if "loss" in r)
+
+
+# ---------------------------------------------------------------- rows marked by a defense reach the loss
+@pytest.fixture()
+def marking_defense():
+    from spillover.defenses import SOURCE_COLUMN, Defense, register_defense
+    from spillover.defenses._base import _DEFENSES
+
+    class MarkHalf(Defense):
+        def transform_data(self, examples):
+            import dataclasses
+
+            return [dataclasses.replace(ex, extra={**ex.extra, SOURCE_COLUMN: "safe"}) if i % 2 else ex
+                    for i, ex in enumerate(examples)]
+
+    register_defense("test-mark-half")(MarkHalf)
+    yield
+    _DEFENSES.pop("test-mark-half", None)
+
+
+def test_marked_safe_rows_reach_selective_kl_in_sft(tiny_model_dir, data_file, tmp_path, marking_defense):
+    result = run_sft(sft(tiny_model_dir, data_file, max_steps=2, batch_size=8,
+                         defenses=["test-mark-half", {"name": "kl", "only_safe": True}]), tmp_path / "r")
+    rows = [r for r in metrics(result) if "loss" in r]
+    safe_tokens = [r["defense/kl/safe_tokens"] for r in rows]
+    assert all(0 < n for n in safe_tokens)  # 4 of the 8 rows of each batch are safe
+    assert rows[1]["defense/kl/loss"] > 0

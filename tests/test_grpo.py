@@ -196,6 +196,48 @@ def test_defense_term_is_invariant_to_gradient_accumulation(tiny_model_dir, prom
     assert grad_norm[2] == pytest.approx(grad_norm[4], rel=1e-3)
 
 
+def test_defense_prompts_get_their_own_reward_and_sft_mix_is_added(tiny_model_dir, tmp_path):
+    """GRPO extension points: a defense's extra prompts are scored by its reward only (task rewards see task
+    prompts only), completions say their source, and an SFT-mix term joins every micro-batch."""
+    from spillover.defenses import SFTMix
+
+    seen = {"task": [], "defense": []}
+
+    class Extra(Defense):
+        def extra_prompts(self, examples):
+            return [ChatExample([{"role": "user", "content": f"SAFETY {i}"}], "safety", i) for i in (1, 2)]
+
+        def reward(self, prompts, completions, **kwargs):
+            seen["defense"] += [p[-1]["content"] for p in prompts]
+            return [1.0] * len(completions)
+
+        def sft_mix(self):
+            return SFTMix([ChatExample([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}],
+                                       "mix", 1)], every=1, batch_size=1)
+
+    def task_reward(prompts, completions, **kwargs):
+        seen["task"] += [p[-1]["content"] for p in prompts]
+        return [float(len(c[-1]["content"])) for c in completions]
+
+    register_defense("test-extra")(Extra)
+    try:
+        import test_grpo
+
+        test_grpo._task_reward = task_reward
+        p = tmp_path / "one.jsonl"
+        p.write_text(json.dumps({"prompt": "TASK prompt?"}) + "\n")
+        result = run_grpo(cfg(tiny_model_dir, p, rewards=["test_grpo:_task_reward"], max_steps=3, batch_size=8,
+                              defenses=["test-extra"]), tmp_path / "run")
+    finally:
+        _DEFENSES.pop("test-extra", None)
+    assert set(seen["task"]) == {"TASK prompt?"} and set(seen["defense"]) == {"SAFETY 1", "SAFETY 2"}
+    rows = read_jsonl(result.run_dir / "completions.jsonl")
+    assert {r["source"] for r in rows} <= {"task", "test-extra"} and rows
+    steps = [r for r in read_jsonl(result.run_dir / "metrics.jsonl") if "loss" in r]
+    assert all(r["defense/test-extra/sft_loss"] > 0 for r in steps)
+    assert "rewards/defense/test-extra/mean" in steps[0]
+
+
 # ---------------------------------------------------------------- prompts and completions
 def test_prompts_drop_final_assistant_turn(prompts_file):
     examples = load_grpo_prompts(prompts_file)
