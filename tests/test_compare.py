@@ -39,3 +39,15 @@ def test_comparison_runs_all_arms_and_records_matching(tiny_model_dir, tmp_path,
     assert "NOT matched: optimizer_steps (sft 2, rl 4)" in md
     assert "(n=1/2)" in md  # scored / all
     assert (tmp_path / "cmp" / "report.html").is_file() or result["report"]
+
+
+def test_overwrite_never_deletes_a_folder_it_did_not_write(tmp_path):
+    from spillover.errors import SpilloverError
+
+    (tmp_path / "notes.txt").write_text("mine")
+    cfg = CompareConfig(data="bundled:dogmatic_rhetoric", grpo={"rewards": ["rhetoric-lexicon"]})
+    import pytest
+
+    with pytest.raises(SpilloverError, match="only replaces an experiment folder"):
+        run_comparison(cfg, tmp_path, overwrite=True)
+    assert (tmp_path / "notes.txt").read_text() == "mine"

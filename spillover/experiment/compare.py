@@ -19,7 +19,8 @@ from pydantic import Field, ValidationError, create_model, model_validator
 
 from spillover._io import atomic_write_json, atomic_write_text
 from spillover.config import StrictModel, format_validation_error
-from spillover.experiment.results import load_experiment
+from spillover.errors import SpilloverError
+from spillover.experiment.results import is_experiment_dir, load_experiment
 from spillover.experiment.spec import EXPERIMENT_SET, ExperimentConfig
 from spillover.train._config import SFTConfig
 from spillover.train._grpo_config import GRPOConfig
@@ -123,6 +124,9 @@ def run_comparison(cfg: CompareConfig, out: str | Path, *, overwrite: bool = Fal
 
     out = Path(out)
     if overwrite and out.exists():
+        if not is_experiment_dir(out):
+            raise SpilloverError(f"--overwrite only replaces an experiment folder; {out} is not one",
+                                 fix="choose another --out (nothing was deleted)")
         shutil.rmtree(out)
     exp = comparison_experiment(cfg)
     if judge is not None:
