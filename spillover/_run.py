@@ -4,9 +4,10 @@ A manifest records versions, inputs' fingerprints, status and timings; it is rew
 each status change. Reliability rules, all enforced here:
 
 - A run folder is marked by its manifest (``spillover_run``) and lists the entries spillover wrote
-  (``files``, refreshed at every manifest update) and those that were already there (``foreign``).
-  ``--overwrite`` replaces only a spillover run, and then removes only its ``files``; a folder that is
-  not a run, or holds anything else, is never emptied.
+  (``files``, refreshed at every manifest update and heartbeat) and those that were already there
+  (``foreign``). ``--overwrite`` replaces only a spillover run, and then removes only what it wrote (a
+  completed run: its ``files``; a run that stopped early: everything but ``foreign``, since it may
+  have written more after its last update); a folder that is not a run is never emptied.
 - While a run's status is ``running`` its process stamps ``pid``, ``host`` and a ``heartbeat`` (every
   :data:`HEARTBEAT_S` seconds, from a daemon thread). A ``running`` run whose process is gone (same
   host: the pid is not running; another host: no heartbeat for :data:`STALE_HEARTBEAT_S`) reads as
@@ -152,6 +153,8 @@ def _start_heartbeat(run_dir: Path) -> None:
                 if manifest is None or manifest.get("status") != "running":
                     return
                 manifest["heartbeat"] = now_iso()
+                foreign = set(manifest.get("foreign", []))
+                manifest["files"] = sorted((set(manifest.get("files", [])) | _entries(run_dir)) - foreign)
                 atomic_write_json(run_dir / MANIFEST, manifest)
 
     threading.Thread(target=beat, name=f"spillover-heartbeat:{run_dir.name}", daemon=True).start()
@@ -261,7 +264,10 @@ def _plan(out: Path, overwrite: bool, resume: bool) -> tuple[str, set[str], set[
         raise SpilloverError(f"a live run is writing to {out} (pid {manifest.get('pid')} on "
                              f"{manifest.get('host')}, started {manifest.get('started')})",
                              fix="wait for it to finish, or choose another --out")
-    ours = (set(manifest["files"]) if "files" in manifest else set(_LEGACY_NAMES)) | {MANIFEST}
+    if status == "complete" or "foreign" not in manifest:
+        ours = (set(manifest["files"]) if "files" in manifest else set(_LEGACY_NAMES)) | {MANIFEST}
+    else:  # a run that stopped early may have written more since its last manifest update
+        ours = present | {MANIFEST}
     ours -= set(manifest.get("foreign", []))
     foreign = present - ours
     if resume:

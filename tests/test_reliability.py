@@ -476,3 +476,40 @@ def test_gguf_conversion_bar_goes_through_rich(capsys):
     assert gguf_utils.tqdm is original
     err = capsys.readouterr().err
     assert "embedded model: Converting and de-quantizing GGUF tensors" in err and "it/s" not in err
+
+
+@pytest.mark.slow
+def test_kill_9_during_training_then_resume_through_cli(tiny_model_dir, tmp_path, capsys):
+    """kill -9 a real `train sft`: the manifest reads interrupted, a plain rerun refuses and names
+    --resume, and --resume finishes the run from the last checkpoint."""
+    import signal
+    import time
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    run = tmp_path / "run"
+    args = ["train", "sft", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(run),
+            "--max-steps", "6", "--batch-size", "2", "--lora-r", "2", "--lora-alpha", "4", "--device", "cpu",
+            "--checkpoint-minutes", "0.00001"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "spillover.cli", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not list((run / ".trainer").glob("checkpoint-*/trainer_state.json")):
+            assert proc.poll() is None and time.time() < deadline, "training ended before its first checkpoint"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert json.loads((run / MANIFEST).read_text())["status"] == "running"  # as the killed process left it
+    err = cli_error(capsys, *args)
+    assert "already holds a run (status interrupted;" in err and "--resume to continue it" in err
+    from spillover.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main([*args, "--resume"])
+    assert done.value.code in (0, None), capsys.readouterr().err
+    manifest = read_manifest(run)
+    assert manifest["status"] == "complete" and manifest["steps"] == 6 and manifest["resumed_from_step"] >= 1
+    assert not (run / ".trainer").exists() and (run / "adapter" / "adapter_model.safetensors").is_file()
