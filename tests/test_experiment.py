@@ -161,3 +161,15 @@ class OtherJudge:
 
     def identity(self):
         return {"kind": "other"}
+
+
+def test_a_failing_unit_is_reported_with_its_error_and_the_others_still_run(tiny_model_dir, tmp_path, one_thread):
+    cfg = make_config(tmp_path, tiny_model_dir, seeds=[0],
+                      arms=[{"name": "big", "n_items": 50,
+                             "train": {"method": "sft", "data": str(tmp_path / "items.jsonl"), "max_steps": 1}},
+                            {"name": "base"}])
+    with pytest.raises(SpilloverError, match=r"(?s)1 unit\(s\) failed.*big seed 0: arm 'big': n_items = 50"):
+        run_experiment(cfg, tmp_path / "exp")
+    status = {r["arm"]: r for r in experiment_status(tmp_path / "exp")}
+    assert status["big"]["train"][0] == "failed" and "n_items = 50" in status["big"]["train"][1]
+    assert status["big"]["sample"][0] == "to do" and status["base"]["summarise"][0] == "done"
