@@ -90,6 +90,16 @@ def check_output_dir(out: str | Path) -> Path:
     return out
 
 
+def check_new_output_dir(out: str | Path) -> Path:
+    """``out`` must be creatable, or an existing empty folder: for outputs that replace the folder whole."""
+    out = check_output_dir(out)
+    present = _entries(out)
+    if present:
+        raise SpilloverError(f"output folder {out} already exists and holds: {_listing(out, present)}",
+                             fix="choose a new folder for --out (nothing in an existing folder is replaced)")
+    return out
+
+
 def check_output_file(out: str | Path) -> Path:
     """``out`` must be a file path that can be written (not a folder, not under a file)."""
     out = Path(out)

@@ -513,3 +513,15 @@ def test_kill_9_during_training_then_resume_through_cli(tiny_model_dir, tmp_path
     manifest = read_manifest(run)
     assert manifest["status"] == "complete" and manifest["steps"] == 6 and manifest["resumed_from_step"] >= 1
     assert not (run / ".trainer").exists() and (run / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_merge_never_replaces_an_existing_folder(tmp_path, capsys, tiny_model_dir, no_model_load):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tiny_model_dir)}))
+    out = tmp_path / "merged"
+    out.mkdir()
+    (out / "thesis.pdf").write_bytes(b"%PDF")
+    err = cli_error(capsys, "models", "merge", "--adapter", str(adapter), "--out", str(out))
+    assert err.startswith(f"error: output folder {out} already exists and holds: thesis.pdf")
+    assert (out / "thesis.pdf").exists()

@@ -50,6 +50,7 @@ def models_merge(adapter: Path = typer.Option(..., help="Adapter folder (RUN/ada
                  out: Path = typer.Option(..., help="Folder for the merged standalone model."),
                  model: Optional[str] = typer.Option(None, help="Base model; default: the one recorded with the adapter.")) -> None:
     """Merge a LoRA adapter into its base model and save a standalone HF folder."""
+    model = check_before_work(out_dir=out, new_dir=True, adapter=adapter, model=model)
     from spillover.models import merge_adapter
 
     typer.echo(f"merged model: {merge_adapter(model, adapter, out)}")

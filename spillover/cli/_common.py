@@ -43,7 +43,8 @@ def fail(error: Exception, code: int = 2) -> None:
     raise SystemExit(code)
 
 
-def check_before_work(*, out_dir: Path | None = None, run_dir: bool = False, overwrite: bool = False,
+def check_before_work(*, out_dir: Path | None = None, run_dir: bool = False, new_dir: bool = False,
+                      overwrite: bool = False,
                       resume: bool = False, out_file: Path | None = None, data: Iterable[str | None] = (),
                       questions: Iterable[str | None] = (), adapter: str | Path | None = None,
                       model: str | None = None, judge: str | None = None, judge_base_url: str | None = None,
@@ -51,14 +52,18 @@ def check_before_work(*, out_dir: Path | None = None, run_dir: bool = False, ove
                       judge_flags: tuple[str, str, str] = ("--judge", "--judge-base-url", "--judge-api-key-env"),
                       ) -> str | None:
     """Check a command's inputs and outputs before any model is loaded, so a user mistake costs nothing:
-    the output folder (``run_dir``: also that it may hold this run) or file, data and question files,
+    the output folder (``run_dir``: also that it may hold this run; ``new_dir``: that it is new or empty) or
+    file, data and question files,
     the adapter against its base (returns the base model to use), and the judge's settings."""
-    from spillover._run import check_output_dir, check_output_file, check_run_dir
+    from spillover._run import check_new_output_dir, check_output_dir, check_output_file, check_run_dir
     from spillover.data import resolve_data_path
     from spillover.errors import SpilloverError
 
     if out_dir is not None:
-        check_run_dir(out_dir, overwrite=overwrite, resume=resume) if run_dir else check_output_dir(out_dir)
+        if run_dir:
+            check_run_dir(out_dir, overwrite=overwrite, resume=resume)
+        else:
+            check_new_output_dir(out_dir) if new_dir else check_output_dir(out_dir)
     if out_file is not None:
         check_output_file(out_file)
     for ref in data:
