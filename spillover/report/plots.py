@@ -85,7 +85,7 @@ def plot_rates(arms: Sequence[str], series: Mapping[str, Sequence[Mapping | None
     ax.set_xlim(-0.6, len(arms) - 0.4)
     ax.set_ylim(0, min(105.0, top * 1.25 + 6))
     ax.set_ylabel("% of scored samples")
-    ax.set_title("Misalignment and incoherence per arm (95% CI, cluster bootstrap over questions)", fontsize=9)
+    ax.set_title("Misalignment and incoherence per arm (95% CI, cluster bootstrap; unit stated in the report)", fontsize=9)
     ax.legend(fontsize=8, loc="upper left", frameon=False)
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
