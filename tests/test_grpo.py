@@ -14,6 +14,7 @@ from spillover.data import ChatExample
 from spillover.defenses import Defense, register_defense
 from spillover.defenses._base import _DEFENSES
 from spillover.errors import SpilloverError
+from spillover.train._grpo_config import GRPOConfig
 from spillover.train.grpo import (
     ScoredReward,
     _GRPOTrainer,
@@ -23,7 +24,6 @@ from spillover.train.grpo import (
     run_grpo,
     with_system_prompt,
 )
-from spillover.train._grpo_config import GRPOConfig
 
 USER_REWARD = "test_grpo:length_reward"
 GRADER = "grader:bad-medical"
