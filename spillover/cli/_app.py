@@ -207,7 +207,7 @@ def train_grpo(
 @app.command("compare")
 def compare_cmd(
     config: Path = typer.Option(..., help="Comparison file (YAML): data, n_items, sft, grpo, evaluate, warmup."),
-    out: Path = typer.Option(..., help="Folder for both runs, the evaluation and comparison.json/.md."),
+    out: Path = typer.Option(..., help="Experiment folder (arms base/sft/rl, report, comparison.json/.md); rerunning the command resumes it."),
     overwrite: bool = typer.Option(False, help="Replace an existing comparison in --out."),
 ) -> None:
     """Sample-matched SFT vs RL from one base and the same N items, evaluated side by side."""
@@ -324,7 +324,7 @@ def eval_cmd(
     batch_size: int = typer.Option(32, min=1, help="Sequences generated together."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda"),
 ) -> None:
-    """Sample answers to EM questions, judge them, compute metrics with 95% CIs, and write a report."""
+    """Sample answers to EM questions, judge them, compute metrics with 95% CIs, and write a report (rerun to resume)."""
     check_before_work(out_dir=out, questions=[questions, in_domain], data=probe_pairs, adapter=adapter, model=model,
                       judge=judge, judge_base_url=judge_base_url, judge_api_key_env=judge_api_key_env)
     from spillover.evaluate.run import Arm, EvalSettings, run_evaluation
