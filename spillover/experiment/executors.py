@@ -42,8 +42,14 @@ class LocalExecutor(Executor):
         _base_job(str(out))
 
     def run_units(self, out: Path, units: list, judges=None) -> list[tuple]:
+        import sys
+
+        from rich.console import Console
+
+        console = Console(file=sys.stderr)
         failures = []
         for u in units:
+            console.rule(f"{u.arm} / seed {u.seed}", style="dim")
             try:
                 _unit_job(str(out), u.arm, u.seed, judges)
             except SpilloverError as e:
