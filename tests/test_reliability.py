@@ -525,3 +525,31 @@ def test_merge_never_replaces_an_existing_folder(tmp_path, capsys, tiny_model_di
     err = cli_error(capsys, "models", "merge", "--adapter", str(adapter), "--out", str(out))
     assert err.startswith(f"error: output folder {out} already exists and holds: thesis.pdf")
     assert (out / "thesis.pdf").exists()
+
+
+def test_grpo_resume_matches_straight_run(tiny_model_dir, tmp_path, one_thread, monkeypatch):
+    from safetensors.torch import load_file
+
+    from spillover.train._checkpoint import CheckpointEvery
+    from spillover.train._grpo_config import GRPOConfig
+    from spillover.train.grpo import run_grpo
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Say something about topic {i}."}) + "\n" for i in range(4)))
+    cfg = GRPOConfig(model=str(tiny_model_dir), prompts=str(prompts), rewards=["prose-structure"], max_steps=3,
+                     max_completion_length=6, lr=1e-2, device="cpu", lora={"r": 2, "alpha": 4})
+    straight = run_grpo(cfg, tmp_path / "straight", checkpoint_minutes=0)
+
+    def stop_after_step_1(self, args, state, control, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(CheckpointEvery, "on_save", stop_after_step_1)
+    with pytest.raises(KeyboardInterrupt):
+        run_grpo(cfg, tmp_path / "run", checkpoint_minutes=1e-9)
+    monkeypatch.undo()
+    resumed = run_grpo(cfg, tmp_path / "run", resume=True, checkpoint_minutes=0)
+    assert read_manifest(resumed.run_dir)["resumed_from_step"] == 1 and resumed.steps == 3
+    a, b = (load_file(r.adapter_dir / "adapter_model.safetensors") for r in (straight, resumed))
+    assert all(torch_equal(a[k], b[k]) for k in a)
+    lines = (tmp_path / "run" / "completions.jsonl").read_text().splitlines()
+    assert lines == (straight.run_dir / "completions.jsonl").read_text().splitlines()
