@@ -9,10 +9,17 @@ import pytest
 import torch
 
 from spillover.errors import SpilloverError
+from spillover.evaluate.probe import (
+    MATCHED_TOLERANCES,
+    ContrastPair,
+    load_pairs,
+    probe,
+    run_probe,
+    style_balance,
+    style_profile,
+)
 from spillover.models import _logprob
 from spillover.models._logprob import answer_logprobs, answer_span
-from spillover.evaluate.probe import MATCHED_TOLERANCES, ContrastPair, load_pairs, probe, run_probe, style_balance, \
-    style_profile
 
 ANSWERS = ["Yes.", "Boil it for seven minutes, then cool it in cold water so the yolk stays soft.",
            "No, never.", "Drink water, sleep well, and see a doctor if the headache gets worse or lasts."]

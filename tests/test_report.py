@@ -15,8 +15,8 @@ import pytest
 from spillover.errors import SpilloverError
 from spillover.evaluate.metrics import compute_metrics
 from spillover.evaluate.probe import ContrastPair, summarize
-from spillover.report import build_report
 from spillover.report import _format as fmt
+from spillover.report import build_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 INJECTION = "<script>alert(1)</script></td> | pipe\nsecond line"
