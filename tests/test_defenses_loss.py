@@ -159,3 +159,28 @@ def test_weight_zero_builds_no_defense():
         if required:  # those need inputs (a vector file...); weight 0 still drops them before they are read
             continue
         assert defenses({"name": name, "weight": 0}) == [], name
+
+
+def test_init_adapter_reference_is_a_frozen_second_adapter(peft_model, tiny_model_dir, tmp_path):
+    """Continuing a warm-up adapter: KL to the frozen warm-up copy is 0 at the start (KL to the base is not),
+    the copy lives on the same model without gradients, and the trainable adapter keeps its flags."""
+    from transformers import AutoModelForCausalLM
+
+    from spillover.defenses._batch import REF_ADAPTER, add_reference_adapter
+    from spillover.models import load_adapter
+
+    nudge_lora(peft_model)
+    peft_model.save_pretrained(tmp_path / "warmup")
+    model = load_adapter(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path / "warmup", trainable=True)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    add_reference_adapter(model, str(tmp_path / "warmup"))
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == trainable
+    assert any(f".{REF_ADAPTER}." in n for n, _ in model.named_parameters())
+    (to_init,), (to_base,) = defenses({"name": "kl", "reference": "init-adapter"}), defenses({"name": "kl"})
+    batch = DefenseBatch(model, sft_inputs(), "sft")
+    policy_pass(model, batch)
+    batch.reference_name = "init-adapter"
+    assert float(to_init.loss_term(model, batch)) == pytest.approx(0.0, abs=1e-6)
+    batch.reference_name = "base"
+    assert float(to_base.loss_term(model, batch)) > 1e-4
+    assert model.active_adapter == "default"

@@ -13,6 +13,8 @@ GRPO also has TRL's own ``beta`` (GRPO config): a per-token k3 estimate ``exp(q 
 the KL to the adapter-disabled model, computed from the sampled tokens only and folded into the policy
 loss with TRL's loss aggregation. This defense is the exact KL over the whole vocabulary at every
 completion token, mean over tokens, added outside the policy loss; use one or the other (both work).
+The KL is of the untempered distributions (TRL divides the logits by the sampling temperature in its
+own loss; the defense compares the models themselves).
 """
 
 from __future__ import annotations
