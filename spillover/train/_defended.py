@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import random
 from collections import defaultdict
+from collections.abc import Mapping
 
 import torch
 
@@ -49,7 +50,10 @@ class DefendedTrainerMixin:
         return int(getattr(self, "current_gradient_accumulation_steps", None) or self.args.gradient_accumulation_steps)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        sources = inputs.pop(SOURCE_COLUMN, None) if isinstance(inputs, dict) else None
+        sources = None
+        if isinstance(inputs, Mapping) and SOURCE_COLUMN in inputs:  # a copy: GRPO reuses its buffered inputs
+            sources = inputs[SOURCE_COLUMN]
+            inputs = {k: v for k, v in inputs.items() if k != SOURCE_COLUMN}
         if not self.defenses:
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         batch = DefenseBatch(model, inputs, self.method, sources)
