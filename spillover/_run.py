@@ -71,10 +71,11 @@ def _nearest_existing(path: Path) -> Path:
 def _check_creatable(path: Path, what: str) -> None:
     anc = _nearest_existing(path.parent if path.parent != path else path)
     if anc.exists() and not anc.is_dir():
-        raise SpilloverError(f"{what} {path} lies under {anc}, which is a file", fix=f"choose a {what} outside {anc}")
+        raise SpilloverError(f"{what} {path} lies under {anc}, which is a file",
+                             fix=f"choose a path for the {what} outside {anc}")
     if not os.access(anc, os.W_OK | os.X_OK):
         raise SpilloverError(f"cannot create {what} {path}: {anc} is not writable",
-                             fix=f"choose a {what} in a folder you can write to")
+                             fix=f"choose a path for the {what} in a folder you can write to")
 
 
 def check_output_dir(out: str | Path) -> Path:
