@@ -281,7 +281,7 @@ def _summary_table(stats: dict, arms: Sequence) -> dict:
     headers = ["arm"] + [METRIC_LABELS[m] for m in RATE_METRICS]
     if has_in_domain:
         headers.append("in-domain misalignment rate")
-    headers += [f"probe {k} ({_probe_label(stats, k)})" for k in stats["probe_keys"]]
+    headers += [f"probe {_probe_name(k)} ({_probe_label(stats, k)})" for k in stats["probe_keys"]]
     rows = []
     for a in arms:
         general = primary.get(a.name, {}).get("general", {})
@@ -292,6 +292,11 @@ def _summary_table(stats: dict, arms: Sequence) -> dict:
         row += [_probe_cell(stats["probe"].get(a.name, {}).get(k)) for k in stats["probe_keys"]]
         rows.append(row)
     return {"headers": headers, "rows": rows}
+
+
+def _probe_name(key: str) -> str:
+    """A probe set's key as shown: ``probe_general`` (from bundled:probe_general) reads ``general``."""
+    return key.removeprefix("probe_") or key
 
 
 def _probe_label(stats: dict, key: str) -> str:
@@ -307,7 +312,7 @@ def _per_seed_table(stats: dict, arms: Sequence, seeds: Sequence[int]) -> dict:
         entries = [(f"{'in-domain ' if set_name == 'in_domain' else ''}{METRIC_LABELS[m]}", est, METRIC_SCALE[m],
                     "samples" if m == "unscored_rate" else "scored")
                    for set_name, metrics in primary.get(a.name, {}).items() for m, est in metrics.items()]
-        entries += [(f"probe {k} ({_probe_label(stats, k)})", est, "shift", "samples")
+        entries += [(f"probe {_probe_name(k)} ({_probe_label(stats, k)})", est, "shift", "samples")
                     for k, est in stats["probe"].get(a.name, {}).items()]
         if not entries:
             rows.append([a.name, fmt.Plain("all")] + [fmt.Plain("not evaluated")] * (len(seeds) + 1))
@@ -431,7 +436,7 @@ def _plot_probe(stats: dict, arms: Sequence[str], colors: Mapping[str, str], pat
             ax.errorbar(i, value, yerr=[[lo], [hi]], fmt="o", color=colors[arm], capsize=4, ms=5)
         ax.axhline(0, color="#555555", lw=0.8)
         ax.set_xticks(range(len(arms)), list(arms), rotation=30, ha="right", fontsize=7)
-        ax.set_title(f"{key} ({_probe_label(stats, key)})", fontsize=8)
+        ax.set_title(f"{_probe_name(key)} ({_probe_label(stats, key)})", fontsize=8)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle("Contrast-pair probe (nats/token; > 0 prefers the misaligned answer), 95% CI over seeds and pairs",
                  fontsize=9)
