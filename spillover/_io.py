@@ -61,17 +61,19 @@ def is_our_temp(name: str) -> bool:
     return _OUR_TMP.match(name) is not None
 
 
-def clean_stale_temps(folder: str | os.PathLike) -> list[Path]:
-    """Remove the temporaries a killed atomic write left in ``folder`` (not recursive). Only names this
-    module makes are touched, and only when their process is gone (same host: pid not running; another
-    host: older than a day). Returns what was removed."""
+def clean_stale_temps(folder: str | os.PathLike, *, recursive: bool = False) -> list[Path]:
+    """Remove the temporaries a killed atomic write left in ``folder`` (and its subfolders when
+    ``recursive``). Only names this module makes are touched, and only when their process is gone (same
+    host: pid not running; another host: older than a day). Returns what was removed."""
     folder = Path(folder)
     removed = []
     if not folder.is_dir():
         return removed
-    for entry in folder.iterdir():
+    for entry in sorted(folder.iterdir()):
         m = _OUR_TMP.match(entry.name)
         if not m:
+            if recursive and entry.is_dir() and not entry.is_symlink():
+                removed += clean_stale_temps(entry, recursive=True)
             continue
         if m["host"] == _host_tag():
             stale = int(m["pid"]) != os.getpid() and not _pid_alive(int(m["pid"]))

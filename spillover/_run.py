@@ -309,7 +309,7 @@ def prepare_run_dir(out: str | Path, *, overwrite: bool = False, resume: bool = 
     out = check_output_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     with _lock:
-        clean_stale_temps(out)
+        clean_stale_temps(out, recursive=True)
         action, remove, foreign = _plan(out, overwrite, resume)
         if action == "resume":
             return out

@@ -225,6 +225,21 @@ def test_stale_temps_of_dead_processes_are_cleaned(tmp_path):
     assert live.exists() and other_host.exists() and foreign.exists()
 
 
+def test_stale_temps_in_subfolders_cleaned_before_eval(tmp_path, capsys, no_model_load, monkeypatch):
+    from spillover._io import _host_tag
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    ev = tmp_path / "ev" / "base"
+    ev.mkdir(parents=True)
+    stale = ev / f".samples.jsonl.sp{dead}-{_host_tag()}.k3.tmp"
+    stale.write_text("half a line")
+    monkeypatch.delenv("SPILLOVER_TEST_UNSET_KEY", raising=False)
+    cli_error(capsys, "eval", "--out", str(tmp_path / "ev"), "--judge", "openai:m", "--judge-api-key-env",
+              "SPILLOVER_TEST_UNSET_KEY")  # stops at the judge check, after the output folder's
+    assert not stale.exists()
+
+
 def test_killed_atomic_write_is_cleaned_on_next_run(tmp_path):
     run = tmp_path / "run"
     code = ("import os, sys, tempfile; from pathlib import Path; from spillover._io import _tmp_prefix;"

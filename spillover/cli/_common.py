@@ -55,6 +55,7 @@ def check_before_work(*, out_dir: Path | None = None, run_dir: bool = False, new
     the output folder (``run_dir``: also that it may hold this run; ``new_dir``: that it is new or empty) or
     file, data and question files,
     the adapter against its base (returns the base model to use), and the judge's settings."""
+    from spillover._io import clean_stale_temps
     from spillover._run import check_new_output_dir, check_output_dir, check_output_file, check_run_dir
     from spillover.data import resolve_data_path
     from spillover.errors import SpilloverError
@@ -64,6 +65,7 @@ def check_before_work(*, out_dir: Path | None = None, run_dir: bool = False, new
             check_run_dir(out_dir, overwrite=overwrite, resume=resume)
         else:
             check_new_output_dir(out_dir) if new_dir else check_output_dir(out_dir)
+            clean_stale_temps(out_dir, recursive=True)  # what a killed earlier run's atomic writes left
     if out_file is not None:
         check_output_file(out_file)
     for ref in data:

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from spillover._io import atomic_dir, sha256_file
+from spillover._io import atomic_dir, clean_stale_temps, sha256_file
 from spillover.errors import SpilloverError
 from spillover.models._paths import spillover_home
 
@@ -121,6 +121,7 @@ def ensure_embedded(verify: bool = True) -> Path:
     verify_gguf(gguf)
     if _cache_is_valid(target):
         return target
+    clean_stale_temps(target.parent)  # a conversion killed half-way
     try:
         with atomic_dir(target) as tmp, _rich_progress():
             _convert(gguf, tmp)
