@@ -264,6 +264,7 @@ def quickstart(out: Path = typer.Option(Path("runs/quickstart"), help="Folder fo
                n: int = typer.Option(2, min=1, help="Answers per question and model."),
                max_new_tokens: int = typer.Option(96, min=8, help="Cap on generated tokens per answer.")) -> None:
     """End-to-end on the embedded model: SFT on the narrow sets, sample, judge, probe, report."""
+    check_before_work(out_dir=out)
     from spillover.experiment.quickstart import run_quickstart
 
     summary = run_quickstart(out, steps=steps, n=n, max_new_tokens=max_new_tokens)
