@@ -18,8 +18,10 @@ def test_factor_reproduces_c():
         v = torch.randn(shape)
         f = M.projection_factor(v)
         assert torch.allclose(f @ f.T, v @ v.T / torch.linalg.matrix_norm(v), atol=1e-5)
-    low = torch.randn(8, 2) @ torch.randn(2, 7)  # a rank-2 difference stores 2 columns
-    assert M.projection_factor(low).shape == (8, 2)
+    p, q = torch.randn(8, 3), torch.randn(3, 7)  # V given as factors (an adapter update) stores 3 columns
+    f = M.projection_factor(p, q)
+    v = p @ q
+    assert f.shape == (8, 3) and torch.allclose(f @ f.T, v @ v.T / torch.linalg.matrix_norm(v), atol=1e-5)
     assert M.projection_factor(torch.zeros(3, 3)).shape == (3, 0)
 
 
@@ -128,6 +130,12 @@ def test_proxy_pair_from_an_adapter_needs_no_second_model(tiny_pair, tmp_path):
     v = 2.0 * lora[1] @ lora[0]  # scale alpha/r = 4/2
     f = factors["model.layers.0.self_attn.q_proj"]
     assert f.shape[1] == 2 and torch.allclose(f @ f.T, v @ v.T / torch.linalg.matrix_norm(v), atol=1e-6)
+    other = _save(_lora_model(aligned, seed=8), tmp_path / "other", aligned)  # base side: model + another adapter
+    both = S.projection_factors(modules[:1], base=aligned, aligned=aligned, aligned_adapter=str(safety),
+                                base_adapter=str(other), cache_root=tmp_path / "cache")[modules[0]]
+    lora_b = S._read_lora(other)[0][modules[0]]
+    diff = v - 2.0 * lora_b[1] @ lora_b[0]
+    assert both.shape[1] == 4 and torch.allclose(both @ both.T, diff @ diff.T / torch.linalg.matrix_norm(diff), atol=1e-6)
     new_b, report = S.project_lora({m: (torch.randn(2, 32), torch.randn(32 if "q_" in m else 64, 2)) for m in modules},
                                    factors, threshold=1.0)
     assert report["no_signal"] == ["model.layers.1.mlp.up_proj"] and list(new_b) == ["model.layers.0.self_attn.q_proj"]

@@ -11,10 +11,12 @@ For one linear module with weight shape ``(out, in)``:
 - ``Pdst`` (the paper's diagnostic, higher = closer to the projected weights): the mean over modules of
   ``1 / (1 + ‖B_final - C·B‖_F)``, which is 1 for a projected module.
 
-``C`` is stored as a factor ``F`` with ``C = F Fᵀ``: from the SVD ``V = U S Wᵀ``, ``F = U_k S_k / √‖V‖_F``
-over the ``k`` singular values above ``rank_tol · S_max``. This is exact up to those dropped values and
-costs ``out x k`` instead of ``out x out`` (``k <= min(out, in)``; a pair whose difference is a rank-16
-adapter stores 16 columns). ``C·X`` is computed as ``F (Fᵀ X)``.
+``C`` is stored as a factor ``F`` with ``C = F Fᵀ``, computed exactly without an SVD: with ``V = P Q``
+(an adapter's update ``s·B·A``, or a difference of adapters, keeps ``P`` and ``Q`` separate; a full
+weight difference has ``Q = I``) and the reduced QR ``Qᵀ = Q₁ R``, ``V Vᵀ = (P Rᵀ)(P Rᵀ)ᵀ``, so
+``F = P Rᵀ / √‖V‖_F`` and ``‖V‖_F = ‖P Rᵀ‖_F``. For a full ``V`` that is ``V/√‖V‖_F`` when
+``in <= out`` and ``Rᵀ/√‖V‖_F`` from ``Vᵀ = Q₁ R`` otherwise. ``F`` has ``min(out, in)`` columns, or
+``k`` for a rank-k adapter difference (16 for the embedded proxy pair). ``C·X`` is ``F (Fᵀ X)``.
 """
 
 from __future__ import annotations
@@ -22,15 +24,20 @@ from __future__ import annotations
 import torch
 
 
-def projection_factor(v: torch.Tensor, rank_tol: float = 1e-6) -> torch.Tensor:
-    """``F`` (``out x k``, float32) with ``F Fᵀ = V Vᵀ / ‖V‖_F``; an all-zero ``V`` gives ``k = 0``."""
-    v = v.detach().float()
-    norm = torch.linalg.matrix_norm(v)
+def projection_factor(v: torch.Tensor, right: torch.Tensor | None = None) -> torch.Tensor:
+    """``F`` (float32) with ``F Fᵀ = V Vᵀ / ‖V‖_F`` for ``V = v @ right`` (``right=None``: ``V = v``);
+    an all-zero ``V`` gives zero columns."""
+    p = v.detach().float()
+    if right is not None:
+        m = p @ torch.linalg.qr(right.detach().float().T, mode="r").R.T
+    elif p.shape[1] <= p.shape[0]:
+        m = p
+    else:
+        m = torch.linalg.qr(p.T, mode="r").R.T
+    norm = torch.linalg.matrix_norm(m)
     if norm == 0:
-        return v.new_zeros((v.shape[0], 0))
-    u, s, _ = torch.linalg.svd(v, full_matrices=False)
-    keep = s > rank_tol * s[0]
-    return (u[:, keep] * s[keep]) / norm.sqrt()
+        return p.new_zeros((p.shape[0], 0))
+    return m / norm.sqrt()
 
 
 def apply_c(factor: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

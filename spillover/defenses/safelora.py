@@ -39,7 +39,7 @@ from spillover.defenses._base import Defense, register_defense
 from spillover.errors import SpilloverError
 
 _PEFT_PREFIX = "base_model.model."
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 
 
 # ---------------------------------------------------------------- the pair
@@ -114,24 +114,28 @@ def _scale(config: dict, module: str | None = None, rank: int | None = None) -> 
     return alpha / (r ** 0.5) if config.get("use_rslora") else alpha / r
 
 
-def _adapter_deltas(adapter_dir: str | Path) -> dict[str, torch.Tensor]:
+def _adapter_factors(adapter_dir: str | Path, sign: float = 1.0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Each module's update ``sign·s·B·A`` kept as the factors ``(sign·s·B, A)``."""
     pairs, _, config = _read_lora(adapter_dir)
-    return {m: _scale(config, m, a.shape[0]) * (b.float() @ a.float()) for m, (a, b) in pairs.items()}
+    return {m: (sign * _scale(config, m, a.shape[0]) * b.float(), a.float()) for m, (a, b) in pairs.items()}
+
+
+Delta = tuple[torch.Tensor, torch.Tensor | None]  # V = P @ Q, or V = P when Q is None
 
 
 def alignment_deltas(modules: list[str], *, base: str, aligned: str, base_adapter: str | None = None,
-                     aligned_adapter: str | None = None) -> dict[str, torch.Tensor]:
-    """``V = W_aligned - W_base`` for each module name (``model.layers.0.self_attn.q_proj``...)."""
-    if _same_model(base, aligned):  # only the adapters differ: no model weights needed
-        plus = _adapter_deltas(aligned_adapter) if aligned_adapter else {}
-        minus = _adapter_deltas(base_adapter) if base_adapter else {}
+                     aligned_adapter: str | None = None) -> dict[str, Delta]:
+    """``V = W_aligned - W_base`` for each module name (``model.layers.0.self_attn.q_proj``...) the pair
+    changes, as ``(P, Q)`` with ``V = P Q`` when only adapters differ (no model weights are loaded), else
+    ``(V, None)``."""
+    if _same_model(base, aligned):
+        plus = _adapter_factors(aligned_adapter) if aligned_adapter else {}
+        minus = _adapter_factors(base_adapter, -1.0) if base_adapter else {}
         out = {}
         for m in modules:
-            v = plus.get(m)
-            if m in minus:
-                v = -minus[m] if v is None else v - minus[m]
-            if v is not None:
-                out[m] = v
+            parts = [f for f in (plus.get(m), minus.get(m)) if f is not None]
+            if parts:
+                out[m] = (torch.cat([p for p, _ in parts], dim=1), torch.cat([q for _, q in parts], dim=0))
         return out
     weights = [_linear_weights(ref, adapter, modules) for ref, adapter in ((aligned, aligned_adapter), (base, base_adapter))]
     out = {}
@@ -142,7 +146,7 @@ def alignment_deltas(modules: list[str], *, base: str, aligned: str, base_adapte
         if wa.shape != wb.shape:
             raise SpilloverError(f"SafeLoRA pair: module {m} has shape {tuple(wa.shape)} in {aligned} but "
                                  f"{tuple(wb.shape)} in {base}", fix="use a base/aligned pair of the same architecture")
-        out[m] = wa - wb
+        out[m] = (wa - wb, None)
     return out
 
 
@@ -163,8 +167,8 @@ def _linear_weights(ref: str, adapter: str | None, modules: list[str]) -> dict[s
 
 
 def projection_factors(modules: list[str], *, base: str, aligned: str, base_adapter: str | None = None,
-                       aligned_adapter: str | None = None, rank_tol: float = 1e-6,
-                       cache_root: str | Path | None = None) -> dict[str, torch.Tensor]:
+                       aligned_adapter: str | None = None, cache_root: str | Path | None = None
+                       ) -> dict[str, torch.Tensor]:
     """``F`` with ``C = F Fᵀ`` for each module the pair changes (modules it leaves equal are absent),
     loaded from the on-disk cache or computed and cached."""
     from safetensors.torch import load_file, save_file
@@ -174,7 +178,7 @@ def projection_factors(modules: list[str], *, base: str, aligned: str, base_adap
     identity = {"version": _CACHE_VERSION, "base": _model_identity(base), "aligned": _model_identity(aligned),
                 "base_adapter": sha256_file(_adapter_file(base_adapter)) if base_adapter else None,
                 "aligned_adapter": sha256_file(_adapter_file(aligned_adapter)) if aligned_adapter else None,
-                "modules": sorted(modules), "rank_tol": rank_tol}
+                "modules": sorted(modules)}
     folder = Path(cache_root or spillover_home() / "safelora") / sha256_json(identity)[:20]
     if (folder / "factors.safetensors").is_file():
         return load_file(str(folder / "factors.safetensors"))
@@ -182,7 +186,7 @@ def projection_factors(modules: list[str], *, base: str, aligned: str, base_adap
                               aligned_adapter=aligned_adapter)
     factors = {}
     for m in track(list(deltas), description="SafeLoRA: alignment matrices", console=Console(stderr=True)):
-        f = M.projection_factor(deltas[m], rank_tol)
+        f = M.projection_factor(*deltas[m])
         if f.shape[1]:
             factors[m] = f.contiguous()
     with atomic_dir(folder) as tmp:
@@ -245,8 +249,7 @@ def project_model(model, factors: dict[str, torch.Tensor], *, threshold=0.3, top
 
 def safelora_adapter(adapter_dir: str | Path, out_dir: str | Path, *, base: str, aligned: str | None = None,
                      base_adapter: str | None = None, aligned_adapter: str | None = None, threshold: float = 0.3,
-                     top_k: int | None = None, weight: float = 1.0, rank_tol: float = 1e-6,
-                     cache_root: str | Path | None = None) -> dict:
+                     top_k: int | None = None, weight: float = 1.0, cache_root: str | Path | None = None) -> dict:
     """Post-hoc SafeLoRA on a saved adapter: writes ``out_dir`` (the adapter with projected B matrices,
     ``safelora.json`` with the report) atomically and returns the report. ``aligned`` defaults to the
     adapter's recorded base model."""
@@ -262,7 +265,7 @@ def safelora_adapter(adapter_dir: str | Path, out_dir: str | Path, *, base: str,
     check_pair(base, aligned, base_adapter, aligned_adapter)
     loras, _, _ = _read_lora(adapter_dir)
     factors = projection_factors(sorted(loras), base=base, aligned=aligned, base_adapter=base_adapter,
-                                 aligned_adapter=aligned_adapter, rank_tol=rank_tol, cache_root=cache_root)
+                                 aligned_adapter=aligned_adapter, cache_root=cache_root)
     new_b, report = project_lora(loras, factors, threshold=threshold, top_k=top_k, weight=weight)
     report = {**report, "adapter": str(adapter_dir), "pair": {"base": base, "aligned": aligned,
               "base_adapter": base_adapter, "aligned_adapter": aligned_adapter}}
@@ -304,8 +307,6 @@ class SafeLoRA(Defense):
         top_k: int | None = Field(None, ge=1, description="Instead of the threshold, project the k least similar modules.")
         every: int = Field(0, ge=0, description="Also project every N optimizer steps during training (0 = only "
                            "after the last step).")
-        rank_tol: float = Field(1e-6, gt=0, lt=1, description="Singular values of V below rank_tol x the largest "
-                                "are dropped when storing C (exact up to them).")
 
     def __init__(self, params: Params, ctx):
         super().__init__(params, ctx)
@@ -320,8 +321,7 @@ class SafeLoRA(Defense):
         if self.params.weight > 0 and self.factors is None:
             p = self.params
             self.factors = projection_factors(sorted(model_loras(model)), base=p.base, aligned=self.aligned,
-                                              base_adapter=p.base_adapter, aligned_adapter=p.aligned_adapter,
-                                              rank_tol=p.rank_tol)
+                                              base_adapter=p.base_adapter, aligned_adapter=p.aligned_adapter)
 
     def project(self, model, step: int | None) -> dict | None:
         if self.params.weight == 0:
