@@ -298,7 +298,7 @@ def _plan(out: Path, overwrite: bool, resume: bool) -> tuple[str, set[str], set[
 def check_run_dir(out: str | Path, *, overwrite: bool = False, resume: bool = False) -> Path:
     """Everything :func:`prepare_run_dir` would refuse, checked without changing anything (before any work)."""
     out = check_output_dir(out)
-    if out.is_dir():
+    if out.is_dir() or resume:
         _plan(out, overwrite, resume)
     return out
 
@@ -307,6 +307,8 @@ def prepare_run_dir(out: str | Path, *, overwrite: bool = False, resume: bool = 
     """Create (or take over) the run folder ``out`` following the module's rules; with ``resume`` an
     interrupted or failed run is kept as it is for the caller to continue."""
     out = check_output_dir(out)
+    if resume and not out.is_dir():
+        _plan(out, overwrite, resume)  # raises: nothing to resume
     out.mkdir(parents=True, exist_ok=True)
     with _lock:
         clean_stale_temps(out, recursive=True)

@@ -145,6 +145,15 @@ def test_overwrite_keeps_foreign_files(tmp_path):
     assert "my_notes.txt" not in read_manifest(run)["files"]
 
 
+def test_resume_of_a_missing_folder_creates_nothing(tmp_path):
+    from spillover._run import check_run_dir
+
+    for check in (check_run_dir, prepare_run_dir):
+        with pytest.raises(SpilloverError, match="nothing to resume in .*: it holds no spillover run"):
+            check(tmp_path / "nope", resume=True)
+    assert not (tmp_path / "nope").exists()
+
+
 def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path):
     d = tmp_path / "photos"
     d.mkdir()
