@@ -50,7 +50,7 @@ def _print_status(out: Path) -> None:
 
     rows = experiment_status(out)
     table = Table(title=f"{out}: arms x seeds x stages")
-    table.add_column("arm")
+    table.add_column("arm", no_wrap=True, min_width=max([len(r["arm"]) for r in rows] + [3]))
     table.add_column("seed")
     for s in STAGES:
         table.add_column(s, overflow="fold")

@@ -280,7 +280,7 @@ def print_plan(cfg: ExperimentConfig, console=None) -> None:
     console = console or Console()
     ev = cfg.evaluation
     table = Table(title=f"{cfg.name}: {len(cfg.all_arms())} arms x {len(cfg.seeds)} seeds {cfg.seeds} on {cfg.model}")
-    table.add_column("arm", no_wrap=True)
+    table.add_column("arm", no_wrap=True, min_width=max(len(a.name) for a in cfg.all_arms()))
     for col in ("init_from", "train", "evaluate", "labels", "seeds"):
         table.add_column(col, overflow="fold")
     for r in plan_rows(cfg):
