@@ -135,7 +135,9 @@ def update_manifest(run_dir: str | Path, **fields) -> dict:
     Setting ``status="running"`` stamps pid/host and starts the heartbeat; any other status stops it."""
     run_dir = Path(run_dir)
     with _lock:
-        manifest = _read(run_dir) or {}
+        manifest = _read(run_dir)
+        if manifest is None:  # a folder not made by prepare_run_dir: what is already there is not ours
+            manifest = {"foreign": sorted(_entries(run_dir) - {MANIFEST})}
         manifest.update(fields)
         manifest.setdefault("spillover_run", 1)
         if fields.get("status") == "running":

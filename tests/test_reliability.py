@@ -154,6 +154,17 @@ def test_resume_of_a_missing_folder_creates_nothing(tmp_path):
     assert not (tmp_path / "nope").exists()
 
 
+def test_first_manifest_in_a_used_folder_counts_its_files_as_foreign(tmp_path):
+    (tmp_path / "old.txt").write_text("x")
+    update_manifest(tmp_path, kind="eval", status="complete")
+    (tmp_path / "samples.jsonl").write_text("{}\n")
+    update_manifest(tmp_path, status="complete")
+    manifest = read_manifest(tmp_path)
+    assert manifest["foreign"] == ["old.txt"] and "old.txt" not in manifest["files"]
+    prepare_run_dir(tmp_path, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [MANIFEST, "old.txt"]
+
+
 def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path):
     d = tmp_path / "photos"
     d.mkdir()
