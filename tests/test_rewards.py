@@ -38,6 +38,7 @@ EXPECTED_GRADERS = {
 def test_registry_lists_every_reward_with_description_and_params():
     rewards = list_rewards()
     assert set(rewards) == ({"rhetoric-lexicon", "prose-structure", "prose-structure-strict"}
+                            | {"opswap-exact", "countdown", "multiple-choice"}
                             | {f"grader:{k}" for k in EXPECTED_GRADERS})
     assert set(GRADERS) == {f"grader:{k}" for k in EXPECTED_GRADERS}
     assert list(rewards) == sorted(rewards)
