@@ -184,3 +184,14 @@ def test_init_adapter_reference_is_a_frozen_second_adapter(peft_model, tiny_mode
     batch.reference_name = "base"
     assert float(to_base.loss_term(model, batch)) > 1e-4
     assert model.active_adapter == "default"
+
+
+def test_init_adapter_reference_without_init_adapter_fails_before_training(peft_model, tiny_model_dir):
+    from spillover.errors import SpilloverError
+    from spillover.train import SFTConfig
+    from spillover.train._defended import setup_defenses
+
+    cfg = SFTConfig(model=str(tiny_model_dir), data="x.jsonl", defenses=[{"name": "ldifs", "reference": "init-adapter"}])
+    with pytest.raises(SpilloverError, match="no init_adapter is set") as err:
+        setup_defenses(cfg, peft_model, None, "sft")
+    assert "reference: base" in str(err.value)
