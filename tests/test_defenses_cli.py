@@ -54,3 +54,25 @@ def test_persona_vector_command(tiny_model_dir, tmp_path):
     pv = load_persona_vectors(out)
     assert pv.vectors.shape[0] == 3 and pv.meta["n_questions"] == 2 and pv.meta["questions"] == str(questions)
     assert json.loads(json.dumps(pv.meta))["kept"]["aligned"] == 2
+
+
+def test_persona_vector_judge_filter_keeps_persona_expressing_answers(tiny_model_dir, tmp_path, monkeypatch):
+    """--judge-filter asks the activation judge about every answer; here a fake judge calls every answer
+    misaligned, so the aligned persona keeps none and extraction stops with a clear error."""
+    from spillover.judge import activation
+
+    asked = []
+
+    class FakeJudge:
+        def prob_misaligned(self, questions, answers):
+            asked.extend(answers)
+            return [0.9] * len(answers)
+
+    monkeypatch.setattr(activation.ActivationJudge, "load", classmethod(lambda cls, *a, **k: FakeJudge()))
+    questions = tmp_path / "q.yaml"
+    questions.write_text('- id: a\n  paraphrases: ["Hello?"]\n  samples_per_paraphrase: 1\n')
+    result = runner.invoke(app, ["defenses", "persona-vector", "--model", str(tiny_model_dir), "--questions",
+                                 str(questions), "--out", str(tmp_path / "pv.safetensors"), "--max-new-tokens", "4",
+                                 "--device", "cpu", "--judge-filter"])
+    assert isinstance(result.exception, SpilloverError) and "no aligned-persona answer" in str(result.exception)
+    assert len(asked) == 2  # one misaligned-persona answer (kept) and one aligned-persona answer (dropped)

@@ -60,6 +60,8 @@ def defenses_safelora(
     threshold: float = typer.Option(0.3, help="Project modules with cos(dW, C dW) <= this (paper: 0.3)."),
     top_k: Optional[int] = typer.Option(None, min=1, help="Instead: project the k least similar modules."),
     weight: float = typer.Option(1.0, min=0.0, max=1.0, help="B <- B + weight*(C*B - B); 1 = full projection."),
+    projection: str = typer.Option("paper", help="paper: C = V V^T/||V||_F; orthogonal: the projector onto V's "
+                                   "column space (scale-free, not the paper's)."),
 ) -> None:
     """Post-hoc SafeLoRA: project a saved adapter's LoRA B matrices onto the alignment subspace."""
     from spillover.cli._common import check_before_work
@@ -67,12 +69,14 @@ def defenses_safelora(
     from spillover.errors import SpilloverError
 
     check_before_work(out_dir=out)
+    if projection not in ("paper", "orthogonal"):
+        raise SpilloverError(f"unknown --projection {projection!r}", fix="use paper or orthogonal")
     if out.is_dir() and any(out.iterdir()):
         raise SpilloverError(f"output folder {out} is not empty", fix="give --out a new folder")
     report = safelora_adapter(adapter, out, base=base, aligned=aligned,
                               base_adapter=str(base_adapter) if base_adapter else None,
                               aligned_adapter=str(aligned_adapter) if aligned_adapter else None,
-                              threshold=threshold, top_k=top_k, weight=weight)
+                              threshold=threshold, top_k=top_k, weight=weight, projection=projection)
     pdst = "n/a" if report["pdst"] is None else f"{report['pdst']:.4f}"
     typer.echo(f"projected {report['n_projected']} of {report['n_modules']} LoRA modules; Pdst {pdst}; "
                f"{len(report['no_signal'])} without alignment signal\nprojected adapter -> {out}")
@@ -167,6 +171,8 @@ def defenses_persona_vector(
     aligned_system: Optional[str] = typer.Option(None, help="System prompt of the aligned persona."),
     seed: int = typer.Option(0, help="Sampling seed."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+    judge_filter: bool = typer.Option(False, help="Keep only answers the offline activation judge scores as expressing "
+                                      "their persona (misaligned: P(misaligned) >= 0.5; aligned: < 0.5)."),
 ) -> None:
     """Extract persona vectors: mean answer-token hidden states under a misaligned persona minus an aligned one, per layer."""
     from spillover.defenses.steer import ALIGNED_SYSTEM, MISALIGNED_SYSTEM, extract_persona_vectors
@@ -174,11 +180,20 @@ def defenses_persona_vector(
     from spillover.models import load_model
 
     qs = [p for q in load_questions(questions) for p in q.paraphrases]
+    keep = None
+    if judge_filter:
+        from spillover.judge.activation import ActivationJudge
+
+        judge = ActivationJudge.load(device=device)
+
+        def keep(question: str, answer: str, persona: str) -> bool:
+            misaligned = float(judge.prob_misaligned([question], [answer])[0]) >= 0.5
+            return misaligned == (persona == "misaligned")
     lm, tok, ref = load_model(model, device=device)
     pv = extract_persona_vectors(lm, tok, qs, misaligned_system=misaligned_system or MISALIGNED_SYSTEM,
                                  aligned_system=aligned_system or ALIGNED_SYSTEM, samples=samples,
                                  max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                                 model_name=ref.display)
+                                 keep=keep, model_name=ref.display)
     pv.meta["questions"] = questions
     path = pv.save(out)
     norms = pv.meta["norms"]
