@@ -80,6 +80,11 @@ def data_validate(path: str = typer.Argument(..., help="Chat JSONL file or bundl
     typer.echo(f"ok: {len(examples)} conversations")
 
 
+from spillover.cli._benign import data_stats  # noqa: E402
+
+data_app.command("stats")(data_stats)
+
+
 # ---------------------------------------------------------------- train
 def _lora_overrides(r, alpha, rslora, dropout, targets) -> dict | None:
     lora = {k: v for k, v in dict(r=r, alpha=alpha, rslora=rslora, dropout=dropout,
@@ -451,6 +456,10 @@ def judge_train_activation(
 from spillover.cli._defenses import defenses_app  # noqa: E402
 
 app.add_typer(defenses_app, name="defenses")
+
+from spillover.cli._benign import benign_app  # noqa: E402
+
+app.add_typer(benign_app, name="benign")
 
 
 # ---------------------------------------------------------------- experiments: run, status, judge rerun
