@@ -23,6 +23,11 @@ def test_factor_reproduces_c():
     v = p @ q
     assert f.shape == (8, 3) and torch.allclose(f @ f.T, v @ v.T / torch.linalg.matrix_norm(v), atol=1e-5)
     assert M.projection_factor(torch.zeros(3, 3)).shape == (3, 0)
+    # the orthogonal variant is the projector onto V's column space: idempotent, fixes V, ignores V's scale
+    u = M.projection_factor(p, q, orthogonal=True)
+    c = u @ u.T
+    assert u.shape == (8, 3) and torch.allclose(c @ c, c, atol=1e-5) and torch.allclose(c @ v, v, atol=1e-4)
+    assert torch.allclose(M.projection_factor(1e-3 * p, q, orthogonal=True).abs(), u.abs(), atol=1e-5)
 
 
 def test_two_module_toy_matches_hand_computation():
@@ -197,6 +202,9 @@ def test_cli_projects_a_saved_adapter_and_names_bad_input(tiny_pair, tmp_path, m
     assert _cli("defenses", "safelora", "--adapter", str(adapter), "--base", base, "--out", str(tmp_path / "p"), "--top-k", "1") == 0
     assert "projected 1 of 4 LoRA modules" in capsys.readouterr().out
     assert json.loads((tmp_path / "p" / "safelora.json").read_text())["n_projected"] == 1
+    assert _cli("defenses", "safelora", "--adapter", str(adapter), "--base", base, "--out", str(tmp_path / "o"),
+                "--projection", "orthogonal", "--threshold", "1") == 0
+    assert json.loads((tmp_path / "o" / "safelora.json").read_text())["projection"] == "orthogonal"
     assert _cli("defenses", "safelora", "--adapter", str(tmp_path / "nope"), "--base", base, "--out", str(tmp_path / "q")) == 2
     assert "not a LoRA adapter folder" in capsys.readouterr().err
 

@@ -8,6 +8,9 @@ For one linear module with weight shape ``(out, in)``:
 - a LoRA update ``ΔW = s·B·A`` (``B``: ``out x r``, ``A``: ``r x in``, ``s`` = alpha/r) is judged by
   ``cos(ΔW, CΔW)`` on the flattened matrices (``s`` cancels), and a module is projected by replacing
   ``B`` with ``B' = C·B``, so ``ΔW' = s·C·B·A = CΔW``;
+- the paper's ``C`` has eigenvalues ``σᵢ²/‖V‖_F``, so its effect scales with ``V``: a small ``V`` (e.g. a
+  short safety fine-tune as a proxy pair) shrinks projected updates toward zero. The ``orthogonal``
+  variant (not the paper's) uses the projector ``U Uᵀ`` onto ``V``'s column space instead;
 - ``Pdst`` (the paper's diagnostic, higher = closer to the projected weights): the mean over modules of
   ``1 / (1 + ‖B_final - C·B‖_F)``, which is 1 for a projected module.
 
@@ -24,9 +27,12 @@ from __future__ import annotations
 import torch
 
 
-def projection_factor(v: torch.Tensor, right: torch.Tensor | None = None) -> torch.Tensor:
+def projection_factor(v: torch.Tensor, right: torch.Tensor | None = None, *, orthogonal: bool = False,
+                      rank_tol: float = 1e-6) -> torch.Tensor:
     """``F`` (float32) with ``F Fᵀ = V Vᵀ / ‖V‖_F`` for ``V = v @ right`` (``right=None``: ``V = v``);
-    an all-zero ``V`` gives zero columns."""
+    an all-zero ``V`` gives zero columns. ``orthogonal``: instead ``F Fᵀ`` = the orthogonal projector onto
+    ``V``'s column space (directions with singular value below ``rank_tol`` x the largest dropped), which
+    does not depend on the scale of ``V``."""
     p = v.detach().float()
     if right is not None:
         m = p @ torch.linalg.qr(right.detach().float().T, mode="r").R.T
@@ -37,6 +43,9 @@ def projection_factor(v: torch.Tensor, right: torch.Tensor | None = None) -> tor
     norm = torch.linalg.matrix_norm(m)
     if norm == 0:
         return p.new_zeros((p.shape[0], 0))
+    if orthogonal:
+        u, sv, _ = torch.linalg.svd(m, full_matrices=False)
+        return u[:, sv > rank_tol * sv[0]].contiguous()
     return m / norm.sqrt()
 
 

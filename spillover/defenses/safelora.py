@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -167,8 +168,8 @@ def _linear_weights(ref: str, adapter: str | None, modules: list[str]) -> dict[s
 
 
 def projection_factors(modules: list[str], *, base: str, aligned: str, base_adapter: str | None = None,
-                       aligned_adapter: str | None = None, cache_root: str | Path | None = None
-                       ) -> dict[str, torch.Tensor]:
+                       aligned_adapter: str | None = None, projection: str = "paper",
+                       cache_root: str | Path | None = None) -> dict[str, torch.Tensor]:
     """``F`` with ``C = F Fᵀ`` for each module the pair changes (modules it leaves equal are absent),
     loaded from the on-disk cache or computed and cached."""
     from safetensors.torch import load_file, save_file
@@ -178,7 +179,7 @@ def projection_factors(modules: list[str], *, base: str, aligned: str, base_adap
     identity = {"version": _CACHE_VERSION, "base": _model_identity(base), "aligned": _model_identity(aligned),
                 "base_adapter": sha256_file(_adapter_file(base_adapter)) if base_adapter else None,
                 "aligned_adapter": sha256_file(_adapter_file(aligned_adapter)) if aligned_adapter else None,
-                "modules": sorted(modules)}
+                "modules": sorted(modules), "projection": projection}
     folder = Path(cache_root or spillover_home() / "safelora") / sha256_json(identity)[:20]
     if (folder / "factors.safetensors").is_file():
         return load_file(str(folder / "factors.safetensors"))
@@ -186,7 +187,7 @@ def projection_factors(modules: list[str], *, base: str, aligned: str, base_adap
                               aligned_adapter=aligned_adapter)
     factors = {}
     for m in track(list(deltas), description="SafeLoRA: alignment matrices", console=Console(stderr=True)):
-        f = M.projection_factor(*deltas[m])
+        f = M.projection_factor(*deltas[m], orthogonal=projection == "orthogonal")
         if f.shape[1]:
             factors[m] = f.contiguous()
     with atomic_dir(folder) as tmp:
@@ -249,7 +250,8 @@ def project_model(model, factors: dict[str, torch.Tensor], *, threshold=0.3, top
 
 def safelora_adapter(adapter_dir: str | Path, out_dir: str | Path, *, base: str, aligned: str | None = None,
                      base_adapter: str | None = None, aligned_adapter: str | None = None, threshold: float = 0.3,
-                     top_k: int | None = None, weight: float = 1.0, cache_root: str | Path | None = None) -> dict:
+                     top_k: int | None = None, weight: float = 1.0, projection: str = "paper",
+                     cache_root: str | Path | None = None) -> dict:
     """Post-hoc SafeLoRA on a saved adapter: writes ``out_dir`` (the adapter with projected B matrices,
     ``safelora.json`` with the report) atomically and returns the report. ``aligned`` defaults to the
     adapter's recorded base model."""
@@ -265,9 +267,9 @@ def safelora_adapter(adapter_dir: str | Path, out_dir: str | Path, *, base: str,
     check_pair(base, aligned, base_adapter, aligned_adapter)
     loras, _, _ = _read_lora(adapter_dir)
     factors = projection_factors(sorted(loras), base=base, aligned=aligned, base_adapter=base_adapter,
-                                 aligned_adapter=aligned_adapter, cache_root=cache_root)
+                                 aligned_adapter=aligned_adapter, projection=projection, cache_root=cache_root)
     new_b, report = project_lora(loras, factors, threshold=threshold, top_k=top_k, weight=weight)
-    report = {**report, "adapter": str(adapter_dir), "pair": {"base": base, "aligned": aligned,
+    report = {**report, "adapter": str(adapter_dir), "projection": projection, "pair": {"base": base, "aligned": aligned,
               "base_adapter": base_adapter, "aligned_adapter": aligned_adapter}}
     from safetensors.torch import load_file
 
@@ -305,6 +307,10 @@ class SafeLoRA(Defense):
                                             "embedded proxy pair is a safety SFT adapter here (see README).")
         threshold: float = Field(0.3, ge=-1, le=1, description="Project modules with cos(dW, C dW) <= this. Paper: 0.3.")
         top_k: int | None = Field(None, ge=1, description="Instead of the threshold, project the k least similar modules.")
+        projection: Literal["paper", "orthogonal"] = Field("paper", description="paper: C = V V^T/||V||_F (its "
+                                                           "scale follows ||V||: a small V shrinks projected updates "
+                                                           "toward 0); orthogonal: the projector onto V's column "
+                                                           "space (scale-free; not the paper's).")
         every: int = Field(0, ge=0, description="Also project every N optimizer steps during training (0 = only "
                            "after the last step).")
 
@@ -321,7 +327,8 @@ class SafeLoRA(Defense):
         if self.params.weight > 0 and self.factors is None:
             p = self.params
             self.factors = projection_factors(sorted(model_loras(model)), base=p.base, aligned=self.aligned,
-                                              base_adapter=p.base_adapter, aligned_adapter=p.aligned_adapter)
+                                              base_adapter=p.base_adapter, aligned_adapter=p.aligned_adapter,
+                                              projection=p.projection)
 
     def project(self, model, step: int | None) -> dict | None:
         if self.params.weight == 0:
