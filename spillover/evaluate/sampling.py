@@ -1,10 +1,17 @@
 """Sampling answers: N completions per conversation, behind a small backend interface.
 
 :class:`SamplerBackend` is what the rest of spillover calls; :class:`HFSampler` implements it with
-``model.generate`` (the vLLM backend arrives later). Work is flattened to one row per
-(conversation, sample), sorted by prompt length so batches carry little padding, left-padded and
-generated in batches. A run is reproducible: the same seed, settings and inputs give the same text
-(each batch draws from its own seeded RNG); changing batch_size changes the draws.
+``model.generate`` (the vLLM engine process is another backend, not in this module). Work is flattened
+to one row per (conversation, sample), grouped by temperature and sorted by prompt length, then cut
+into length buckets (:func:`plan_batches`) so a short prompt is not padded to the longest one in the
+request: a new batch starts where the padding it saves costs more than the extra decode steps of one
+more batch. Batches are left-padded and generated with ``model.generate``; answers come back in input
+order. A run is reproducible: the same seed, settings and inputs give the same text (each batch draws
+from its own seeded RNG); changing batch_size or bucketing changes the draws, not greedy answers.
+
+Sampling in ``bfloat16`` (``load_sampler(dtype="bfloat16")``) is faster on CPUs with bf16 kernels and
+changes the distribution slightly; :func:`dtype_logprob_check` measures by how much (per-token
+log-probs of sampled answers under the sampling dtype vs float32).
 """
 
 from __future__ import annotations
@@ -75,6 +82,44 @@ def with_system(messages: list[dict], system_prompt: str | None) -> list[dict]:
     return list(messages)
 
 
+# Cost model for length bucketing, in units of one decoded token's compute. A prompt token costs
+# PREFILL_COST (prompt processing is batched matrix work, cheaper per token than decoding) and every
+# decode step of a batch costs STEP_OVERHEAD on top of its tokens (per-layer kernel launches and Python
+# work that do not shrink with the batch). Estimated for SmolLM2-135M on a 2-core CPU, where padded
+# prompt tokens were a third of a 32-prompt batch; only their ratio to max_new_tokens matters.
+PREFILL_COST = 0.3
+STEP_OVERHEAD = 4.0
+
+
+def plan_batches(lengths: Sequence[int], batch_size: int, max_new_tokens: int, *,
+                 prefill_cost: float = PREFILL_COST, step_overhead: float = STEP_OVERHEAD) -> list[list[int]]:
+    """Cut prompts into batches of at most ``batch_size``, minimising the modelled cost.
+
+    Returns lists of indices into ``lengths``; indices are sorted longest prompt first (ties by index),
+    each batch is a contiguous run of that order, and batches come longest first. A batch of size ``b``
+    whose longest prompt has ``w`` tokens costs ``prefill_cost * b * w + max_new_tokens * step_overhead``
+    (the decoded tokens themselves cost the same however the rows are split); an exact dynamic program
+    over the sorted order picks the cheapest cut.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    n = len(order)
+    best = [float("inf")] * n + [0.0]  # best[k]: cheapest plan for order[k:], filled from the end
+    cut = [n] * (n + 1)
+    for k in range(n - 1, -1, -1):
+        width = lengths[order[k]]
+        for end in range(k + 1, min(n, k + batch_size) + 1):
+            cost = prefill_cost * (end - k) * width + max_new_tokens * step_overhead + best[end]
+            if cost <= best[k]:  # ties: the fuller batch first
+                best[k], cut[k] = cost, end
+    batches, k = [], 0
+    while k < n:
+        batches.append(order[k:cut[k]])
+        k = cut[k]
+    return batches
+
+
 def _batch_seed(seed: int, key: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "little") & ((1 << 63) - 1)
 
@@ -84,9 +129,11 @@ class HFSampler(SamplerBackend):
 
     name = "hf"
 
-    def __init__(self, model, tokenizer, *, batch_size: int = 32, model_id: str = "", adapter: str | None = None):
+    def __init__(self, model, tokenizer, *, batch_size: int = 32, model_id: str = "", adapter: str | None = None,
+                 bucket: bool = True):
         self.model, self.tok, self.batch_size = model, tokenizer, batch_size
         self.model_id, self.adapter = model_id, adapter
+        self.bucket = bucket  # False: fixed batches in input order, each padded to its longest prompt
         gen_eos = model.generation_config.eos_token_id
         eos = [gen_eos] if isinstance(gen_eos, int) else list(gen_eos or [])
         if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos:
@@ -98,7 +145,8 @@ class HFSampler(SamplerBackend):
         dtype and device. Written into every sample row and every manifest."""
         param = next(self.model.parameters())
         return {"backend": self.name, "model": self.model_id, "adapter": self.adapter, "batch_size": self.batch_size,
-                "dtype": str(param.dtype).removeprefix("torch."), "device": str(param.device)}
+                "dtype": str(param.dtype).removeprefix("torch."), "device": str(param.device),
+                "bucketing": "length" if self.bucket else "none"}
 
     def _encode(self, messages: list[dict]) -> list[int]:
         text = self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -108,16 +156,11 @@ class HFSampler(SamplerBackend):
     def generate_rows(self, rows, params, progress=None):
         encoded = [self._encode(with_system(r.messages, params.system_prompt)) for r in rows]
         temps = [params.temperature if r.temperature is None else r.temperature for r in rows]
-        # Group by temperature, then sort by length: batches share settings and carry little padding.
-        order = sorted(range(len(rows)), key=lambda i: (temps[i], -len(encoded[i]), i))
         results: list[Completion | None] = [None] * len(rows)
         pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.eos_ids[0]
         device = next(self.model.parameters()).device
-        start = 0
-        while start < len(order):
-            temp = temps[order[start]]
-            batch = [i for i in order[start:start + self.batch_size] if temps[i] == temp]
-            start += len(batch)
+        for batch in self._batches(encoded, temps, params.max_new_tokens):
+            temp = temps[batch[0]]
             width = max(len(encoded[i]) for i in batch)
             ids = torch.full((len(batch), width), pad, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -136,6 +179,18 @@ class HFSampler(SamplerBackend):
                 progress(len(batch))
         return results
 
+    def _batches(self, encoded: list[list[int]], temps: list[float], max_new_tokens: int) -> list[list[int]]:
+        """Row indices per batch: batches share one temperature; length buckets unless ``bucket`` is off."""
+        batches = []
+        for temp in sorted(set(temps)):
+            same = [i for i in range(len(temps)) if temps[i] == temp]
+            if self.bucket:
+                plan = plan_batches([len(encoded[i]) for i in same], self.batch_size, max_new_tokens)
+                batches += [[same[j] for j in b] for b in plan]
+            else:
+                batches += [same[s:s + self.batch_size] for s in range(0, len(same), self.batch_size)]
+        return batches
+
     def _completion(self, new_ids: list[int]) -> Completion:
         for k, t in enumerate(new_ids):
             if t in self.eos_ids:
@@ -147,8 +202,52 @@ def params_dict(params: SamplingParams) -> dict:
     return asdict(params)
 
 
+def answer_token_logprobs(model, tokenizer, conversation: list[dict], answer: str) -> torch.Tensor:
+    """Per-token log-probs (float32, on CPU) of ``answer`` as the assistant reply to ``conversation``; the
+    scored tokens are those of :func:`spillover.models.answer_span` (answer text plus end-of-turn)."""
+    from spillover.models import answer_span
+
+    span = answer_span(tokenizer, conversation, answer)
+    ids = torch.tensor([span.input_ids], device=next(model.parameters()).device)
+    with torch.inference_mode():
+        logits = model(input_ids=ids, use_cache=False).logits[0, span.start - 1:span.end - 1].float()
+    return logits.log_softmax(-1).gather(-1, ids[0, span.start:span.end, None])[:, 0].cpu()
+
+
+def dtype_logprob_check(sampler: HFSampler, conversations: Sequence[list[dict]], params: SamplingParams, *,
+                        reference=None) -> dict:
+    """How much sampling in the sampler's dtype moves the distribution: one answer per conversation is
+    sampled with ``sampler``, then each answer's per-token log-probs are computed under the sampler's
+    model and under ``reference`` (default: a float32 copy of the same model, adapter included).
+    Returns the mean and max absolute per-token difference over all answer tokens."""
+    import copy
+
+    params = SamplingParams(**{**params_dict(params), "n": 1})
+    answers = [cs[0].text for cs in sampler.generate(conversations, params)]
+    if reference is None:
+        reference = copy.deepcopy(sampler.model).float()
+        reference.eval()
+    diffs, ours, refs = [], [], []
+    for conv, answer in zip(conversations, answers):
+        if not answer.strip():
+            continue  # an empty answer has no text tokens to compare
+        conv = with_system(conv, params.system_prompt)
+        a = answer_token_logprobs(sampler.model, sampler.tok, conv, answer)
+        b = answer_token_logprobs(reference, sampler.tok, conv, answer)
+        diffs.append((a - b).abs())
+        ours.append(a)
+        refs.append(b)
+    if not diffs:
+        raise ValueError("every sampled answer was empty; raise max_new_tokens or use other prompts")
+    d = torch.cat(diffs)
+    ref_dtype = str(next(reference.parameters()).dtype).removeprefix("torch.")
+    return {"dtype": sampler.identity()["dtype"], "reference_dtype": ref_dtype, "n_answers": len(diffs),
+            "n_tokens": int(d.numel()), "mean_abs_diff": d.mean().item(), "max_abs_diff": d.max().item(),
+            "mean_logprob": torch.cat(ours).mean().item(), "reference_mean_logprob": torch.cat(refs).mean().item()}
+
+
 def load_sampler(model: str | None = None, adapter: str | None = None, *, device: str | None = None,
-                 dtype: str | None = None, batch_size: int = 32) -> HFSampler:
+                 dtype: str | None = None, batch_size: int = 32, bucket: bool = True) -> HFSampler:
     """Base model (``embedded`` by default, or the adapter's recorded base) plus an optional adapter."""
     from spillover.models import load_adapter, load_model
     from spillover.models._load import check_adapter_base
@@ -159,7 +258,8 @@ def load_sampler(model: str | None = None, adapter: str | None = None, *, device
     if adapter:
         hf_model = load_adapter(hf_model, adapter)
         hf_model.eval()
-    return HFSampler(hf_model, tok, batch_size=batch_size, model_id=ref.display, adapter=str(adapter) if adapter else None)
+    return HFSampler(hf_model, tok, batch_size=batch_size, model_id=ref.display, adapter=str(adapter) if adapter else None,
+                     bucket=bucket)
 
 
 def sample_rows(sampler: SamplerBackend, rows: list[SampleRow], params: SamplingParams, *,
