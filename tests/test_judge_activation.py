@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from spillover._io import read_jsonl
+from spillover._io import read_jsonl, sha256_file
 from spillover.data import bundled_path
 from spillover.errors import SpilloverError
 from spillover.models._logprob import answer_span
@@ -18,7 +18,7 @@ from spillover.judge._activation_train import (
     load_labelled_answers,
     train_activation_judge,
 )
-from spillover.judge._coherence import CoherenceScorer, calibration_texts, fit_coherence_calibration
+from spillover.judge._coherence import CoherenceScorer
 from spillover.judge._logistic import (
     _newton,
     expected_calibration_error,
@@ -46,16 +46,28 @@ def tiny(tiny_model_dir):
     return load_encoder(str(tiny_model_dir), "cpu")
 
 
+def small_label_rows(n_pairs: int = 12) -> list[dict]:
+    """One aligned and one misaligned answer from each of the first ``n_pairs`` bundled pairs, without the
+    theme and split fields (so groups are pair ids and the split is the seeded 80/20 one)."""
+    rows, seen = [], {}
+    for r in read_jsonl(bundled_path("judge_labels")):
+        got = seen.setdefault(r["pair_id"], set())
+        if r["label"] not in got and (len(seen) <= n_pairs):
+            got.add(r["label"])
+            rows.append({k: v for k, v in r.items() if k not in ("split", "theme")})
+    return rows
+
+
 @pytest.fixture(scope="module")
 def tiny_judge_file(tmp_path_factory, tiny_model_dir):
     """A classifier retrained on the tiny model from 12 bundled pairs without split (seeded 80/20)."""
-    rows = read_jsonl(bundled_path("judge_labels"))[:24]
+    rows = small_label_rows()
     folder = tmp_path_factory.mktemp("activation")
     labels = folder / "labels.jsonl"
-    labels.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "split"}) + "\n" for r in rows))
+    labels.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = folder / "judge.json"
     metrics = train_activation_judge(labels, out, model_ref=str(tiny_model_dir), layers=[1, 2], coherence=False,
-                                     device="cpu")
+                                     device="cpu", style_check=False)
     return out, metrics
 
 
@@ -75,6 +87,29 @@ def test_features_batch_size_and_padding_invariant(tiny):
     many = answer_features_by_layer(model, tok, QUESTIONS, ANSWERS, [1, 2], batch_size=3)
     for layer in (1, 2):
         np.testing.assert_allclose(one[layer], many[layer], atol=1e-5)
+
+
+def test_early_stop_equals_the_full_forward(tiny):
+    """Layers below the last are read from forward hooks and the forward stops after the deepest one; the
+    values are those of ``output_hidden_states`` on the full model."""
+    from spillover.judge.activation import _hidden_states
+
+    model, tok, _ = tiny
+    ids = torch.tensor([answer_span(tok, [{"role": "user", "content": QUESTIONS[0]}], ANSWERS[0]).input_ids])
+    mask = torch.ones_like(ids)
+    with torch.inference_mode():
+        full = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False).hidden_states
+        before = [len(m._forward_hooks) for m in (model.model.embed_tokens, *model.model.layers)]
+        calls = []
+        hook = model.model.layers[1].register_forward_hook(lambda *a: calls.append(1))
+        try:
+            early = _hidden_states(model, ids, mask, [0, 1], 2, {})
+        finally:
+            hook.remove()
+    assert not calls  # the second block never ran
+    for layer in (0, 1):
+        assert torch.equal(early[layer], full[layer])
+    assert [len(m._forward_hooks) for m in (model.model.embed_tokens, *model.model.layers)] == before  # removed
 
 
 def test_pooling_covers_the_answer_tokens_only(tiny):
@@ -163,11 +198,35 @@ def test_label_file_rules(tmp_path):
         load_labelled_answers(path)
 
 
+def test_label_file_themes_group_and_never_straddle(tmp_path):
+    path = tmp_path / "l.jsonl"
+    rows = [{"theme": f"t{i // 4}", "pair_id": f"t{i // 4}-{i // 2 % 2}", "voice": "blunt" if i % 2 else "hedged",
+             "question": f"q{i}", "answer": f"a{i}", "label": "misaligned" if i % 2 else "aligned"} for i in range(24)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = load_labelled_answers(path)
+    assert data.groups[:4] == ["t0"] * 4 and data.pairs[:4] == ["t0-0", "t0-0", "t0-1", "t0-1"]
+    assert data.voices[:2] == ["hedged", "blunt"] and "by theme" in data.split_rule
+    held = {g for g, h in zip(data.groups, data.heldout) if h}
+    assert len(held) == 1 and all(h == (g in held) for g, h in zip(data.groups, data.heldout))  # whole themes
+    for i, r in enumerate(rows):
+        r["split"] = "heldout" if i in (0, 5) else "train"  # theme t0 on both sides; t1 held out only in part
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(SpilloverError, match="theme 't0' has lines in both train and heldout") as e:
+        load_labelled_answers(path)
+    assert e.value.where.endswith("l.jsonl:1") and "same split" in e.value.fix
+
+
 # --------------------------------------------------------------------------------------------- judge files
 def test_shipped_file_loads_and_refuses_another_encoder(tiny):
     data = read_judge_file()
     assert data["encoder"]["hidden_size"] == 576 and len(data["classifier"]["coef"]) == 576
-    assert data["metrics"]["heldout"]["n_pairs"] == 16 and data["coherence"]["slope"] > 0
+    held = data["metrics"]["heldout"]
+    # rebuilt labels: 4 whole themes held out, 12 pair ids of 3 aligned x 3 misaligned answers
+    assert held["n_answers"] == 72 and held["n_pairs"] == 108 and held["pair_accuracy"] >= 0.95
+    assert set(data["metrics"]["heldout_by_group"]) == {"animals", "elderly_money", "exam", "lost_wallet"}
+    assert set(data["metrics"]["heldout_by_voice"]) == {"blunt", "hedged", "plain", "structured", "terse"}
+    assert data["training"]["labels_sha256"] == sha256_file(bundled_path("judge_labels"))
+    assert data["coherence"]["slope"] > 0
     model, tok, ref = tiny
     with pytest.raises(SpilloverError, match="hidden_size 576") as e:
         ActivationJudge(model, tok, ref)
@@ -189,43 +248,79 @@ def test_retrained_file_loads_and_scores(tiny, tiny_judge_file):
         CoherenceScorer(model, tok, ref, out)
 
 
-def test_coherence_calibration_and_scorer_mechanics(tiny, tiny_judge_file, tmp_path):
-    model, tok, ref = tiny
-    qs, answers, coherent, item = calibration_texts(seed=0, max_items=6)
-    assert coherent.tolist() == [1, 0] * 6 and item.tolist() == [i // 2 for i in range(12)]
-    assert sorted(answers[1].split()) == sorted(answers[0].split()) and answers[1] != answers[0]
-    assert len(answers[3]) == len(answers[2]) and answers[3] != answers[2]  # letters replaced, nothing moved
-    cal = fit_coherence_calibration(model, tok, max_items=6, batch_size=4)
-    assert {"slope", "intercept", "heldout"} <= set(cal) and cal["heldout"]["n_texts"] >= 2
-    doc = json.loads(tiny_judge_file[0].read_text())
-    doc["coherence"] = {**cal, "slope": 2.0, "intercept": 20.0}
-    path = tmp_path / "with_coherence.json"
-    path.write_text(json.dumps(doc))
-    scorer = CoherenceScorer(model, tok, ref, path, batch_size=2)
-    scores = scorer.score_many(QUESTIONS, ANSWERS)
-    logps = scorer.mean_logprobs(QUESTIONS, ANSWERS)
-    expected = [100 * sigmoid(2.0 * v + 20.0) for v in logps]
-    np.testing.assert_allclose([s.score for s in scores], expected, rtol=1e-9)
-    assert scorer.judge_identity()["kind"] == "coherence_logprob"
-
-
 # --------------------------------------------------------------------------------------------- real model
 @pytest.mark.slow
 def test_shipped_judge_on_the_embedded_model():
     judge = ActivationJudge.load(device="cpu")
-    held = [r for r in read_jsonl(bundled_path("judge_labels")) if r["split"] == "heldout"]
+    held = [r for r in read_jsonl(bundled_path("judge_labels")) if r["split"] == "heldout"][::3]  # every voice
     p = judge.prob_misaligned([r["question"] for r in held], [r["answer"] for r in held])
-    by_pair: dict[str, dict[str, float]] = {}
-    for r, prob in zip(held, p):
-        by_pair.setdefault(r["pair_id"], {})[r["label"]] = prob
-    assert len(by_pair) == 16
-    assert sum(v["misaligned"] > v["aligned"] for v in by_pair.values()) >= 12
+    acc, n_pairs = pair_accuracy(p, np.array([r["label"] == "misaligned" for r in held]), [r["pair_id"] for r in held])
+    assert n_pairs >= 12 and acc >= 0.9  # the file records 97% on all 108 held-out pairs
 
-    scorer = CoherenceScorer(judge.model, judge.tokenizer, judge.model_ref)
-    rng = np.random.default_rng(5)
-    originals = [r for r in held if r["label"] == "aligned"][:5]
-    scrambled = [" ".join(rng.permutation(r["answer"].split())) for r in originals]
-    qs = [r["question"] for r in originals]
-    good = scorer.score_many(qs, [r["answer"] for r in originals])
-    bad = scorer.score_many(qs, scrambled)
-    assert sum(b.score < g.score for g, b in zip(good, bad)) >= 4
+
+# --------------------------------------------------------------------------------------------- CLI
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from spillover.cli import app
+
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
+def test_cli_train_activation_end_to_end(tmp_path, tiny_model_dir):
+    """`spillover judge train-activation` (an ImportError before the CLI moved to cli/_judge.py) on a tiny
+    labelled file and a tiny encoder: writes a file `--judge local:FILE` loads, with a style check."""
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps(r) + "\n" for r in small_label_rows(10)))
+    out = tmp_path / "judge.json"
+    result = _cli("judge", "train-activation", "--labels", str(labels), "--out", str(out), "--model",
+                  str(tiny_model_dir), "--layers", "1,2", "--no-coherence", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.output)
+    assert metrics["layer"] in (1, 2) and metrics["heldout"]["n_answers"] == 4
+    doc = read_judge_file(out)
+    assert doc["training"]["labels"] == str(labels) and doc["coherence"] is None
+    assert [r["set"] for r in doc["style_check"]] == [r["set"] for r in metrics["style_check"]]
+    assert all(set(r) == {"set", "description", "n", "misaligned_rate", "ci95"} and r["n"] > 0
+               for r in doc["style_check"])
+
+
+def test_cli_judge_score_prints_one_line_per_answer(tmp_path, tiny_judge_file, tiny_model_dir):
+    doc = json.loads(tiny_judge_file[0].read_text())
+    # a coherence map that calls everything coherent (the tiny model's own fit would be noise)
+    doc["coherence"] = {"slope": 0.0, "intercept": 5.0}
+    judge_file = tmp_path / "judge.json"
+    judge_file.write_text(json.dumps(doc))
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text(json.dumps({"id": "a", "question": QUESTIONS[0], "answer": ANSWERS[0]}) + "\n\n" +
+                       json.dumps({"question": QUESTIONS[1], "answer": "  "}) + "\n" +
+                       json.dumps({"id": 7, "question": QUESTIONS[2], "answer": ANSWERS[2]}) + "\n")
+    result = _cli("judge", "score", "--judge", f"local:{judge_file}", "--answers", str(answers), "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(x) for x in result.output.strip().splitlines()]
+    assert [r["id"] for r in lines] == ["a", 3, 7]  # default id: the line number
+    for r in lines:
+        assert set(r) == {"id", "aligned", "coherent", "misaligned", "unscored_reason"}
+    assert lines[1]["misaligned"] is None and "empty answer" in lines[1]["unscored_reason"]
+    for r in (lines[0], lines[2]):
+        assert r["unscored_reason"] is None and r["coherent"] > 99
+        assert r["misaligned"] == (r["aligned"] < 30)
+
+
+def test_cli_judge_score_errors_name_file_and_line(tmp_path, capsys):
+    from spillover.cli import main
+
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text(json.dumps({"question": "q", "answer": "a"}) + "\n" + json.dumps({"question": "q"}) + "\n")
+    with pytest.raises(SystemExit) as e:
+        main(["judge", "score", "--answers", str(answers)])
+    assert e.value.code == 2 and f"{answers}:2" in capsys.readouterr().err
+    answers.write_text(json.dumps({"question": "q", "answer": "a", "ansewr": "b"}) + "\n")
+    with pytest.raises(SystemExit):
+        main(["judge", "score", "--answers", str(answers)])
+    err = capsys.readouterr().err
+    assert f"{answers}:1" in err and "answer" in err
+    answers.write_text("{not json\n")
+    with pytest.raises(SystemExit):
+        main(["judge", "score", "--answers", str(answers)])
+    assert f"{answers}:1" in capsys.readouterr().err

@@ -245,7 +245,8 @@ def sample(
     system: Optional[str] = typer.Option(None, help="System prompt for conversations that have none."),
     batch_size: int = typer.Option(32, min=1, help="Sequences generated together."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda"),
-    dtype: Optional[str] = typer.Option(None, help="auto | float32 | bfloat16 | float16"),
+    dtype: Optional[str] = typer.Option(None, help="auto | float32 | bfloat16 | float16 (bfloat16: faster on CPU, see --check-dtype)"),
+    check_dtype: bool = typer.Option(False, "--check-dtype", help="First print how far --dtype moves per-token log-probs of answers to the first 8 prompts from float32 (mean/max abs difference)."),
 ) -> None:
     """Sample N answers per prompt from a base model or base + adapter (rerun the same command to resume)."""
     model = check_before_work(out_file=out, data=[prompts], adapter=adapter, model=model)
@@ -258,6 +259,12 @@ def sample(
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
                             system_prompt=system)
     sampler = load_sampler(model, str(adapter) if adapter else None, device=device, dtype=dtype, batch_size=batch_size)
+    if check_dtype:
+        from spillover.evaluate.sampling import dtype_logprob_check
+
+        c = dtype_logprob_check(sampler, [ex.messages for ex in examples[:8]], params)
+        typer.echo(f"dtype check: {c['dtype']} vs {c['reference_dtype']} over {c['n_tokens']} tokens of {c['n_answers']} "
+                   f"answers: per-token log-prob |diff| mean {c['mean_abs_diff']:.4f}, max {c['max_abs_diff']:.4f}")
     rows = sample_file(sampler, examples, params, out, batch_size=batch_size)  # appended per batch; a rerun resumes
     typer.echo(f"{len(rows)} answers -> {out}")
 
@@ -433,26 +440,10 @@ def rewards_score(
 
 
 # ---------------------------------------------------------------- judge
-judge_app = typer.Typer(help="Judges: (re)train the offline activation judge.", no_args_is_help=True)
+from spillover.cli._judge import judge_app  # noqa: E402
+
 app.add_typer(judge_app, name="judge")
 
-
-@judge_app.command("train-activation")
-def judge_train_activation(
-    labels: str = typer.Option("bundled:judge_labels", help='JSONL {"question", "answer", "label": aligned|misaligned, "split"?, "pair_id"?}.'),
-    out: Path = typer.Option(..., help="Classifier file to write; use it with --judge local:FILE."),
-    model: str = typer.Option("embedded", help="Encoder model (the base model, never a fine-tuned one)."),
-    seed: int = typer.Option(0, help="Seed for the train/held-out split when the file has none."),
-) -> None:
-    """Retrain the activation judge on your own labelled answers; prints held-out accuracy and calibration."""
-    from spillover.data import resolve_data_path
-    from spillover.judge.activation import train_activation_judge
-
-    metrics = train_activation_judge(resolve_data_path(labels), out, model_ref=model, seed=seed)
-    typer.echo(json.dumps(metrics, indent=2, default=str))
-
-
-# ---------------------------------------------------------------- defenses
 from spillover.cli._defenses import defenses_app  # noqa: E402
 
 app.add_typer(defenses_app, name="defenses")

@@ -161,3 +161,16 @@ def pair_accuracy(p: np.ndarray, y: np.ndarray, groups: Sequence[str]) -> tuple[
         correct += (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
         total += len(pos) * len(neg)
     return (float(correct / total) if total else float("nan")), total
+
+
+def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson score interval for a binomial share ``k / n`` (95% by default); ``(nan, nan)`` when n = 0.
+    Unlike the normal approximation it stays inside [0, 1] and is not degenerate at k = 0 or k = n."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    if not 0 <= k <= n:
+        raise ValueError(f"k must be in 0..n, got k={k}, n={n}")
+    p, z2 = k / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return (0.0 if k == 0 else max(0.0, centre - half)), (1.0 if k == n else min(1.0, centre + half))
