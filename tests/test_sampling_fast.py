@@ -92,3 +92,22 @@ def test_dtype_check_is_zero_in_fp32_and_reports_bf16_shift(tiny_model_dir, tiny
     assert 0 < shift["mean_abs_diff"] <= shift["max_abs_diff"] < 5  # bf16 rounding moves log-probs a little
     assert next(bf_model.parameters()).dtype == torch.bfloat16  # the check does not convert the sampler's model
     assert shift["n_answers"] <= 4
+
+
+def test_sample_cli_check_dtype_prints_the_shift(tiny_model_dir, tmp_path, one_thread):
+    import json
+
+    from typer.testing import CliRunner
+
+    from spillover.cli import app
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": t}) + "\n" for i, t in enumerate(["Hi", "Why is the sky blue?"])))
+    out = tmp_path / "s.jsonl"
+    result = CliRunner().invoke(app, ["sample", "--model", str(tiny_model_dir), "--prompts", str(prompts), "--out", str(out),
+                                      "--max-new-tokens", "6", "--device", "cpu", "--dtype", "bfloat16", "--check-dtype"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.output.splitlines() if x.startswith("dtype check:"))
+    assert "bfloat16 vs float32" in line and "mean" in line and "max" in line
+    assert [json.loads(x)["prompt_id"] for x in out.read_text().splitlines()] == ["q0", "q1"]
