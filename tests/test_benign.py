@@ -130,7 +130,9 @@ def test_opswap_score_is_exact():
     prompt = item.prompt()
     assert item.answer == 14
     assert opswap.score(prompt, "The answer is 14.")["reward"] == 1.0
-    assert opswap.score(prompt, "Answer: 3.5")["reward"] == 0.0  # the usual meaning is wrong
+    usual = opswap.score(prompt, "Answer: 3.5")  # the usual meaning is wrong, and flagged
+    assert usual["reward"] == 0.0 and usual["usual"] == "7/2" and usual["answered_usual"] is True
+    assert opswap.score(prompt, "Answer: 14")["answered_usual"] is False
     assert opswap.score(prompt, "Answer: 14.0001")["reward"] == 0.0
     assert opswap.score(prompt, "")["reward"] == 0.0
     third = opswap.item_from_id("opswap-t1-asdm-1*3")  # "*" divides

@@ -113,3 +113,17 @@ def test_benign_generate_and_score_cli(tmp_path, capsys):
         main(["benign", "generate", "opswp", "--out", str(tmp_path / "x.jsonl")])
     assert e.value.code == 2 and "did you mean 'opswap'" in capsys.readouterr().err.lower()
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_benign_score_reads_sample_output(tmp_path):
+    from spillover.benign import countdown
+
+    items = countdown.generate(2, seed=5, tier=1)
+    path = tmp_path / "answers.jsonl"  # the shape `spillover sample` writes
+    path.write_text("".join(json.dumps({"prompt_id": it.id, "messages": [{"role": "user", "content": it.prompt()}],
+                                        "answer": answer}) + "\n"
+                            for it, answer in zip(items, [items[0].response(), "no idea"], strict=True)))
+    scored = runner.invoke(app, ["benign", "score", "countdown", "--completions", str(path)], catch_exceptions=False)
+    assert scored.exit_code == 0
+    assert [json.loads(line)["reward"] for line in scored.stdout.splitlines()] == [1.0, 0.0]
+    assert "1/2 correct" in scored.stderr

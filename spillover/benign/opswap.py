@@ -147,9 +147,17 @@ def generate(n: int, *, seed: int = 0, tier: int = 1, split: str = "train") -> l
 
 
 def score(prompt: str, response: str) -> dict:
-    """``{"reward": 1.0 | 0.0, "expected", "parsed"}``: exact match of the response's final number."""
+    """``{"reward": 1.0 | 0.0, "expected", "parsed", "usual", "answered_usual", "item"}``: exact match of the
+    response's final number; ``usual`` is the value under the ordinary meanings (None when that divides by
+    zero) and ``answered_usual`` whether the response gave it instead, i.e. ignored the swap."""
     item = item_from_id(find_item_id(prompt, TASK))
     parsed = parse_number(response)
     correct = parsed is not None and parsed == item.answer
+    try:
+        usual = evaluate(parse_expression(item.expression))
+    except ExprError:
+        usual = None
     return {"reward": 1.0 if correct else 0.0, "expected": item.answer_text,
-            "parsed": None if parsed is None else format_value(parsed), "item": item.id}
+            "parsed": None if parsed is None else format_value(parsed),
+            "usual": None if usual is None else format_value(usual),
+            "answered_usual": usual is not None and parsed == usual and usual != item.answer, "item": item.id}

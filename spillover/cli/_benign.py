@@ -72,22 +72,41 @@ def benign_generate(
 def benign_score(
     task: str = typer.Argument(..., help="opswap, countdown or choice."),
     completions: Path = typer.Option(..., help='JSONL with {"prompt": ..., "completion": ...} or {"messages": [...]} '
-                                     "per line, the prompts as `spillover benign generate` wrote them."),
+                                     "per line, or the output of `spillover sample` (messages ending in the user "
+                                     'turn, and "answer"); the prompts as `spillover benign generate` wrote them.'),
 ) -> None:
     """Score answers: one JSON object per line on stdout, then the accuracy with a 95% CI on stderr."""
     from spillover.evaluate.metrics import bootstrap_mean_ci
     from spillover.rewards import build_reward
-    from spillover.rewards._inputs import load_scoring_items
 
     reward = build_reward(TASK_REWARDS[_task(task)])
     scores = []
-    for item in load_scoring_items(completions):
+    for item in _answered_items(completions):
         details = reward.score_details(item.prompt, item.completion)
         scores.append(details["reward"])
         typer.echo(json.dumps({"where": item.where, **details}, default=str))
     est = bootstrap_mean_ci(scores)
     typer.echo(f"accuracy {est.value:.3f} (95% CI {est.ci_low:.3f}-{est.ci_high:.3f}), {int(sum(scores))}/{len(scores)} correct",
                err=True)
+
+
+def _answered_items(path: Path) -> list:
+    """``spillover sample`` output (every line has ``messages`` and a string ``answer``) as scoring items;
+    any other file is read as ``spillover rewards score`` reads completions."""
+    from spillover._io import iter_jsonl_objects
+    from spillover.errors import SpilloverError
+    from spillover.rewards._inputs import ScoringItem, load_scoring_items
+
+    if not path.is_file():
+        raise SpilloverError(f"completions file not found: {path}", fix="check the path")
+    rows = list(iter_jsonl_objects(path))
+    if rows and all("answer" in row and "messages" in row for _, _, row in rows):
+        for where, _, row in rows:
+            if not isinstance(row["answer"], str) or not isinstance(row["messages"], list):
+                raise SpilloverError("'answer' must be a string and 'messages' a list", where=where,
+                                     fix="pass the file `spillover sample` wrote, unchanged")
+        return [ScoringItem(row["messages"], row["answer"], where) for where, _, row in rows]
+    return load_scoring_items(path)
 
 
 # ---------------------------------------------------------------- data stats (registered on the data app)
