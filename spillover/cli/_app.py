@@ -245,7 +245,7 @@ def sample(
     system: Optional[str] = typer.Option(None, help="System prompt for conversations that have none."),
     batch_size: int = typer.Option(32, min=1, help="Sequences generated together."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda"),
-    dtype: Optional[str] = typer.Option(None, help="auto | float32 | bfloat16 | float16 (bfloat16: faster on CPU, see --check-dtype)"),
+    dtype: Optional[str] = typer.Option(None, help="auto | float32 | bfloat16 | float16 (bfloat16 is faster on GPUs and CPUs with bf16 kernels, slower on AVX2-only CPUs; see --check-dtype)"),
     check_dtype: bool = typer.Option(False, "--check-dtype", help="First print how far --dtype moves per-token log-probs of answers to the first 8 prompts from float32 (mean/max abs difference)."),
 ) -> None:
     """Sample N answers per prompt from a base model or base + adapter (rerun the same command to resume)."""
