@@ -309,6 +309,7 @@ def test_every_probe_set_shown_with_style_only_next_to_general(built):
         assert (f"{p['delta_vs_base']:+.3f} [{p['delta_vs_base_ci95'][0]:+.3f}, "
                 f"{p['delta_vs_base_ci95'][1]:+.3f}] (n=4 pairs)") in sft
     assert "| base |" not in overview and "Not probed: base" in md
+    assert "shift vs base (else mean shift) \\[95% CI\\]" in header
     assert "style-only set pairs a hedged and a blunt wording" in md
     p = PROBE_SETS["bundled:probe_general"]  # the base shift carries its CI too
     assert f"{p['base_mean_shift']:+.3f} [{p['base_ci95'][0]:+.3f}, {p['base_ci95'][1]:+.3f}] (n=4 pairs)" in md
@@ -335,6 +336,10 @@ def test_counts_per_set_and_samples_split_by_set(built):
 
 def test_count_mismatch_warned_per_set_and_cluster_unit_stated(tmp_path):
     eval_dir = make_eval_dir(tmp_path / "e")
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    metrics["arms"]["base"]["probe_sets"] = {"bundled:probe_style_only": _probe(["style_only"] * 4)}
+    del metrics["arms"]["base"]["probe_sets"]["bundled:probe_style_only"]["delta_vs_base"]
+    (eval_dir / "metrics.json").write_text(json.dumps(metrics))
     rows = [json.loads(line) for line in (eval_dir / "samples.jsonl").read_text().splitlines()]
     kept = [r for r in rows if not (r["arm"] == "sft" and r.get("set") == "in_domain" and r["sample_index"] == 3)]
     (eval_dir / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
@@ -348,3 +353,6 @@ def test_count_mismatch_warned_per_set_and_cluster_unit_stated(tmp_path):
         "but samples.jsonl holds 3" in warnings[0]
     assert "CI cluster unit: general questions: question group (2 groups" in md
     assert "cluster bootstrap over question groups (2 groups" in md
+    base_row = next(line for line in md.split("### Every set, side by side")[1].splitlines()
+                    if line.startswith("| base |"))  # a raw mean shift among shifts vs base says so
+    assert "(n=4 pairs; mean shift, no base scored)" in base_row and base_row.count("not probed") == 2

@@ -151,13 +151,15 @@ def _probe_cells(p: Mapping) -> list[str]:
             if has_base else "no base scored"]
 
 
-def headline_shift(p: Mapping | None) -> str:
-    """The shift a reader compares across sets: vs base when a base was scored, else the raw mean shift."""
+def headline_shift(p: Mapping | None, mark_raw: bool = False) -> str:
+    """The shift a reader compares across sets: vs base when a base was scored, else the raw mean shift
+    (said in the cell when ``mark_raw``, for tables whose other cells are shifts vs base)."""
     if not isinstance(p, Mapping):
         return "not probed"
     if fmt.finite(p.get("delta_vs_base")) is not None:
         return fmt.mean_with_ci(p.get("delta_vs_base"), p.get("delta_vs_base_ci95"), p.get("n"))
-    return fmt.mean_with_ci(p.get("mean_shift"), p.get("ci95"), p.get("n"))
+    return fmt.mean_with_ci(p.get("mean_shift"), p.get("ci95"), p.get("n"),
+                            noun="pairs; mean shift, no base scored" if mark_raw else "pairs")
 
 
 def _probe_sections(arms: Mapping[str, Mapping]) -> tuple[list[dict], dict | None, list[str]]:
@@ -181,9 +183,9 @@ def _probe_sections(arms: Mapping[str, Mapping]) -> tuple[list[dict], dict | Non
                     "table": _table(headers, rows),
                     "domains": _table(["arm", "domain"] + headers[1:], domain_rows) if domain_rows else None})
     any_base = any(fmt.finite(p.get("delta_vs_base")) is not None for r in sets.values() for p in r.values())
-    unit = "shift vs base" if any_base else "mean shift"
+    unit = "shift vs base (else mean shift)" if any_base else "mean shift"
     overview = _table(["arm"] + [f"{name} ({kinds[name]}): {unit} [95% CI]" for name in order],
-                      [[arm] + [headline_shift(sets[name].get(arm)) for name in order]
+                      [[arm] + [headline_shift(sets[name].get(arm), any_base) for name in order]
                        for arm in arms if any(arm in sets[name] for name in order)])
     probed = {arm for results in sets.values() for arm in results}
     return out, overview, [a for a in arms if a not in probed]
