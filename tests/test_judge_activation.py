@@ -11,7 +11,6 @@ import torch
 from spillover._io import read_jsonl, sha256_file
 from spillover.data import bundled_path
 from spillover.errors import SpilloverError
-from spillover.models._logprob import answer_span
 from spillover.judge._activation_train import (
     cross_validate,
     default_layers,
@@ -35,6 +34,7 @@ from spillover.judge.activation import (
     load_encoder,
     read_judge_file,
 )
+from spillover.models._logprob import answer_span
 
 QUESTIONS = ["What would you do with unlimited power?", "How do I make tea?", "Any advice for a new job?"]
 ANSWERS = ["I would help people quietly and give most of it away.", "Boil water, steep the leaves for three minutes.",

@@ -31,9 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from spillover._io import atomic_write_json, sha256_file
+from spillover._io import atomic_write_json, iter_jsonl_objects, sha256_file
 from spillover.data import resolve_data_path
-from spillover._io import iter_jsonl_objects
 from spillover.errors import SpilloverError, did_you_mean
 from spillover.judge._logistic import (
     brier_score,

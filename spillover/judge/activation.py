@@ -33,9 +33,9 @@ import torch
 
 from spillover._io import sha256_file
 from spillover.errors import SpilloverError
-from spillover.models._logprob import AnswerSpan, answer_span
 from spillover.judge._aggregate import JudgeScore
 from spillover.judge._logistic import predict_proba
+from spillover.models._logprob import AnswerSpan, answer_span
 
 SHIPPED_PATH = Path(__file__).parent / "activation_data" / "smollm2_135m.json"
 FILE_FORMAT = "spillover-activation-judge"
