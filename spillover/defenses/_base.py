@@ -251,4 +251,4 @@ def build_defenses(refs: list[DefenseRef], ctx: TrainContext) -> list[Defense]:
     names = [r.name for r in refs]
     if len(set(names)) != len(names):
         raise SpilloverError(f"a defense is listed twice: {names}", fix="list each defense once")
-    return [d for d in (r.build(ctx) for r in refs) if d.weight > 0]
+    return [r.build(ctx) for r in refs if r.weight > 0]

@@ -138,11 +138,17 @@ class Outputs:
             raise SpilloverError(f"hidden state {layer} was not recorded", fix="use layers 0..n_layers")
         return h
 
+    def final(self) -> torch.Tensor:
+        """The final-norm hidden states at the positions that predict trained tokens, (N, H)."""
+        return self._get("norm")[:, :-1][self._batch.trained_mask[:, 1:].bool()]
+
+    def head(self, final: torch.Tensor) -> torch.Tensor:
+        """This model's LM head applied to (rows of) :meth:`final`: logits without building all (N, V) at once."""
+        return self._lm_head(final)
+
     def logits(self) -> torch.Tensor:
         if self._logits is None:
-            final = self._get("norm")[:, :-1]
-            pos = self._batch.trained_mask[:, 1:].bool()
-            self._logits = self._lm_head(final[pos])
+            self._logits = self.head(self.final())
         return self._logits
 
 

@@ -27,6 +27,8 @@ from pydantic import Field
 from spillover.defenses._base import Defense, register_defense
 
 SAFE_SOURCE = "safe"
+#: Tokens whose full-vocabulary logits are built at once (memory: CHUNK_TOKENS x vocab x 4 bytes a tensor).
+CHUNK_TOKENS = 64
 
 
 def token_kl(policy_logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
@@ -34,6 +36,24 @@ def token_kl(policy_logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Ten
     logp = torch.log_softmax(policy_logits.float(), dim=-1)
     logq = torch.log_softmax(ref_logits.float(), dim=-1)
     return (logp.exp() * (logp - logq)).sum(-1)
+
+
+def chunked_kl(policy_final: torch.Tensor, ref_final: torch.Tensor, policy_head, ref_head,
+               chunk: int = CHUNK_TOKENS) -> torch.Tensor:
+    """Per-token KL from final hidden states, ``chunk`` tokens at a time under activation checkpointing:
+    the (tokens, vocab) logits of one chunk exist at a time, in the forward and in the backward pass."""
+    from torch.utils.checkpoint import checkpoint
+
+    def part(hp, hr):
+        with torch.no_grad():
+            ref_logits = ref_head(hr)
+        return token_kl(policy_head(hp), ref_logits)
+
+    pieces = []
+    for i in range(0, policy_final.shape[0], chunk):
+        hp, hr = policy_final[i:i + chunk], ref_final[i:i + chunk]
+        pieces.append(checkpoint(part, hp, hr, use_reentrant=False) if hp.requires_grad else part(hp, hr))
+    return torch.cat(pieces)
 
 
 @register_defense("kl")
@@ -56,13 +76,12 @@ class KLDefense(Defense):
             "(the warm-up adapter a run continues), kept on the same model.")
 
     def loss_term(self, model, batch):
-        policy = batch.policy.logits()
-        ref = batch.reference.logits()
+        policy, ref = batch.policy, batch.reference
+        hp, hr = policy.final(), ref.final()
         if self.params.only_safe:
             keep = batch.rows(SAFE_SOURCE)[batch.token_rows()]
             self.log_metric("safe_tokens", float(keep.sum()))
-            policy, ref = policy[keep], ref[keep]
-        if policy.shape[0] == 0:
-            return policy.sum() * 0.0
-        kl = token_kl(policy, ref).mean()
-        return kl
+            hp, hr = hp[keep], hr[keep]
+        if hp.shape[0] == 0:
+            return hp.sum() * 0.0
+        return chunked_kl(hp, hr, policy.head, ref.head).sum() / hp.shape[0]
