@@ -127,3 +127,7 @@ def test_benign_score_reads_sample_output(tmp_path):
     assert scored.exit_code == 0
     assert [json.loads(line)["reward"] for line in scored.stdout.splitlines()] == [1.0, 0.0]
     assert "1/2 correct" in scored.stderr
+    none_right = tmp_path / "wrong.jsonl"
+    none_right.write_text(path.read_text().splitlines()[1] + "\n")
+    zero = runner.invoke(app, ["benign", "score", "countdown", "--completions", str(none_right)], catch_exceptions=False)
+    assert "accuracy 0.000 (Wilson 95% CI 0.000-0.793), 0/1 correct" in zero.stderr  # not a zero-width interval

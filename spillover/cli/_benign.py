@@ -75,8 +75,8 @@ def benign_score(
                                      "per line, or the output of `spillover sample` (messages ending in the user "
                                      'turn, and "answer"); the prompts as `spillover benign generate` wrote them.'),
 ) -> None:
-    """Score answers: one JSON object per line on stdout, then the accuracy with a 95% CI on stderr."""
-    from spillover.evaluate.metrics import bootstrap_mean_ci
+    """Score answers: one JSON object per line on stdout, then the accuracy with a Wilson 95% CI on stderr."""
+    from spillover.judge._logistic import wilson_interval
     from spillover.rewards import build_reward
 
     reward = build_reward(TASK_REWARDS[_task(task)])
@@ -85,9 +85,9 @@ def benign_score(
         details = reward.score_details(item.prompt, item.completion)
         scores.append(details["reward"])
         typer.echo(json.dumps({"where": item.where, **details}, default=str))
-    est = bootstrap_mean_ci(scores)
-    typer.echo(f"accuracy {est.value:.3f} (95% CI {est.ci_low:.3f}-{est.ci_high:.3f}), {int(sum(scores))}/{len(scores)} correct",
-               err=True)
+    k, n = int(sum(scores)), len(scores)
+    lo, hi = wilson_interval(k, n)
+    typer.echo(f"accuracy {k / n:.3f} (Wilson 95% CI {lo:.3f}-{hi:.3f}), {k}/{n} correct", err=True)
 
 
 def _answered_items(path: Path) -> list:
