@@ -402,6 +402,7 @@ def _plot_arms(stats: dict, arms: Sequence[str], path: Path) -> bytes:
     fig = _figure(max(5.5, 1.5 + 1.3 * len(arms)), 4.0)
     ax = fig.add_subplot()
     series = (("misalignment_rate", "misalignment", "#c0392b"), ("incoherence_rate", "incoherence", "#7f8c8d"))
+    top = 100.0
     for s, (metric, label, color) in enumerate(series):
         for i, arm in enumerate(arms):
             est = primary.get(arm, {}).get("general", {}).get(metric)
@@ -415,9 +416,11 @@ def _plot_arms(stats: dict, arms: Sequence[str], path: Path) -> bytes:
             dots = [100 * e.value for e in est.per_seed.values() if math.isfinite(e.value)]
             ax.scatter([x] * len(dots), dots, s=10, color="#111111", zorder=3, label="one seed" if i == s == 0 else None)
             ax.text(x, value + hi + 1.0, f"{value:.1f}%\n{est.n_seeds}s", ha="center", va="bottom", fontsize=7)
+            top = max(top, value + hi + 14.0)  # room for the label above the interval
     ax.set_xticks(range(len(arms)), list(arms), rotation=20 if len(arms) > 4 else 0, ha="right" if len(arms) > 4 else "center")
     ax.set_ylabel("% of scored samples")
-    ax.set_ylim(0, 105)
+    ax.set_ylim(0, top)
+    ax.set_yticks(range(0, 101, 20))
     ax.set_title("Per arm: mean over seeds, 95% CI over seeds and question clusters", fontsize=9)
     ax.legend(fontsize=8, loc="upper left", frameon=False)
     ax.grid(axis="y", alpha=0.3)
@@ -623,7 +626,7 @@ def build_sections(results, stats: dict) -> dict:
     env = index.env or {}
     packages = env.get("packages") if isinstance(env.get("packages"), Mapping) else {}
     versions = [("spillover", index.spillover_version)] + [(k, fmt.as_text(v)) for k, v in env.items() if k != "packages"]
-    versions += [(k, fmt.as_text(v)) for k, v in packages.items()]
+    versions += [(k, fmt.as_text(v)) for k, v in packages.items() if k not in dict(versions)]
     seeds = list(index.seeds)
     notes = [
         "Across-seed value: mean of the per-seed values (each seed weighs the same). 95% CI: two-level "
