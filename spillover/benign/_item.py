@@ -3,7 +3,8 @@
 GRPO datasets keep only the prompt, so a reward gets no ground-truth column. Every generated prompt
 therefore ends with a line ``Item id: <id>`` from which the task's reward recovers the item
 deterministically (the id holds only what the prompt already states, never the answer, except inside a
-hash for multiple choice). The held-out split is a function of the id alone: an item is in
+hash for multiple choice). The held-out split is a function of the id alone (of the question, for
+multiple choice, so one question never lands in both splits with its options shuffled): an item is in
 ``test`` when the first 8 hex digits of sha256(id), as an integer, are divisible by 5 (about 20%), so
 train and test are disjoint whatever the seed or count.
 """
