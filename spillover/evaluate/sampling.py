@@ -85,10 +85,12 @@ def with_system(messages: list[dict], system_prompt: str | None) -> list[dict]:
 # Cost model for length bucketing, in units of one decoded token's compute. A prompt token costs
 # PREFILL_COST (prompt processing is batched matrix work, cheaper per token than decoding) and every
 # decode step of a batch costs STEP_OVERHEAD on top of its tokens (per-layer kernel launches and Python
-# work that do not shrink with the batch). Estimated for SmolLM2-135M on a 2-core CPU, where padded
-# prompt tokens were a third of a 32-prompt batch; only their ratio to max_new_tokens matters.
+# work, reading every weight once per step, none of which shrinks with the batch). Estimated for
+# SmolLM2-135M on a 2-core CPU, where padded prompt tokens were a third of a 32-prompt batch; with 4.0 a
+# batch-32 run cut [6, 26] saved 27% of prompt tokens and was not faster on a loaded machine
+# (bench/bench_hf_generation.py), so the overhead is set on the safe side: split only for heavy padding.
 PREFILL_COST = 0.3
-STEP_OVERHEAD = 4.0
+STEP_OVERHEAD = 8.0
 
 
 def plan_batches(lengths: Sequence[int], batch_size: int, max_new_tokens: int, *,
