@@ -11,8 +11,15 @@ import sys
 import pytest
 
 from spillover._io import atomic_write_text, clean_stale_temps, iter_jsonl_objects, read_text
-from spillover._run import MANIFEST, check_output_dir, check_output_file, prepare_run_dir, read_manifest, \
-    run_status, update_manifest
+from spillover._run import (
+    MANIFEST,
+    check_output_dir,
+    check_output_file,
+    prepare_run_dir,
+    read_manifest,
+    run_status,
+    update_manifest,
+)
 from spillover.config import load_config
 from spillover.errors import SpilloverError
 
@@ -362,8 +369,9 @@ def test_compare_judge_checked_before_training(tmp_path, capsys, no_model_load):
 
 
 def _adapter_on(model_dir, out):
-    from spillover.models import LoraSpec, apply_lora, save_adapter
     from transformers import AutoModelForCausalLM
+
+    from spillover.models import LoraSpec, apply_lora, save_adapter
 
     spec = LoraSpec(r=2, alpha=4)
     save_adapter(apply_lora(AutoModelForCausalLM.from_pretrained(model_dir), spec), out, base_model=str(model_dir),

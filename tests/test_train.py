@@ -169,5 +169,6 @@ def test_loss_term_reaches_the_gradient(tiny_model_dir, data_file, tmp_path, pro
     plain = run_sft(cfg(tiny_model_dir, data_file, max_steps=2), tmp_path / "plain")
     penal = run_sft(cfg(tiny_model_dir, data_file, max_steps=2, defenses=[{"name": "test-recorder", "weight": 10.0}]),
                     tmp_path / "pen")
-    norm = lambda r: sum(v.norm() for k, v in load_file(r.adapter_dir / "adapter_model.safetensors").items() if "lora_A" in k)
+    def norm(r):
+        return sum(v.norm() for k, v in load_file(r.adapter_dir / "adapter_model.safetensors").items() if "lora_A" in k)
     assert norm(penal) < norm(plain)

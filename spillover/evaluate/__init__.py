@@ -1,6 +1,5 @@
 """Evaluation stage: sampling, question sets, metrics with bootstrap CIs, and the judge-free probe."""
 
-from spillover.models._logprob import AnswerSpan, answer_logprobs, answer_span, score_spans
 from spillover.evaluate.metrics import (
     Estimate,
     JudgedSample,
@@ -15,13 +14,14 @@ from spillover.evaluate.questions import Question, SampleRequest, expand_samples
 from spillover.evaluate.sampling import (
     Completion,
     HFSampler,
-    SampleRow,
     SamplerBackend,
+    SampleRow,
     SamplingParams,
     load_sampler,
     sample_examples,
     sample_questions,
 )
+from spillover.models._logprob import AnswerSpan, answer_logprobs, answer_span, score_spans
 
 __all__ = [
     "AnswerSpan", "Completion", "ContrastPair", "Estimate", "HFSampler", "JudgedSample", "PairShift", "ProbeResult",

@@ -16,7 +16,13 @@ from spillover.judge._local_hf import LocalHFJudge, LocalHFJudgeConfig, score_br
 from spillover.judge._local_json import GradedJson, LocalJsonGrader, LocalJsonGraderConfig
 from spillover.judge._openai import TOP_LOGPROBS, OpenAIJudge, OpenAIJudgeConfig, parse_retry_after, retry_delay
 from spillover.judge._spec import EvalJudge, JudgeItem, Judgment, build_grader, build_judge
-from spillover.judge.activation import SHIPPED_PATH, ActivationJudge, activation_limits, answer_features, read_judge_file
+from spillover.judge.activation import (
+    SHIPPED_PATH,
+    ActivationJudge,
+    activation_limits,
+    answer_features,
+    read_judge_file,
+)
 from spillover.judge.prompts import ALIGNED_PROMPT, COHERENT_PROMPT, DEFAULT_PROMPTS, render_prompt
 
 __all__ = [

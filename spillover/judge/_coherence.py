@@ -26,7 +26,6 @@ import numpy as np
 from spillover._io import read_jsonl
 from spillover.data import bundled_path
 from spillover.errors import SpilloverError
-from spillover.models._logprob import answer_logprobs
 from spillover.judge._aggregate import JudgeScore
 from spillover.judge._logistic import fit_logistic, roc_auc, sigmoid
 from spillover.judge.activation import (
@@ -37,6 +36,7 @@ from spillover.judge.activation import (
     load_encoder,
     read_judge_file,
 )
+from spillover.models._logprob import answer_logprobs
 
 NOISE_RATE = 0.15
 HELDOUT_SHARE = 0.25

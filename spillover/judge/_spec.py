@@ -137,7 +137,7 @@ def check_judge_args(spec: str, *, base_url: str | None = None, api_key_env: str
         parts = urlsplit(base_url.strip())
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise SpilloverError(f"{url_flag} {base_url!r} is not a URL (it needs http:// or https:// and a host)",
-                                 fix=f"write it like http://localhost:8000/v1 or https://api.openai.com/v1")
+                                 fix="write it like http://localhost:8000/v1 or https://api.openai.com/v1")
         root = base_url.strip().rstrip("/")
         if root.endswith("/chat/completions"):
             raise SpilloverError(f"{url_flag} {base_url!r} is the chat-completions endpoint, not the API root",

@@ -3,8 +3,8 @@ answer log-probabilities under a model (shared by the probe and the offline judg
 
 from spillover.models._device import pick_device, pick_dtype
 from spillover.models._embedded import embedded_status, ensure_embedded
-from spillover.models._logprob import AnswerSpan, answer_logprobs, answer_span, score_spans
 from spillover.models._load import EMBEDDED, ModelRef, load_model, load_tokenizer, resolve_model
+from spillover.models._logprob import AnswerSpan, answer_logprobs, answer_span, score_spans
 from spillover.models._lora import (
     LoraSpec,
     apply_lora,

@@ -64,9 +64,9 @@ def _rich_progress() -> Iterator[None]:
     progress bar on stderr, like every other spillover progress display; transformers' own tqdm bars
     (loading and writing weights) are off meanwhile."""
     import transformers.modeling_gguf_pytorch_utils as gguf_utils
-    from transformers.utils import logging as hf_logging
     from rich.console import Console
     from rich.progress import track
+    from transformers.utils import logging as hf_logging
 
     def rich_tqdm(iterable: Iterable, desc: str | None = None, total: int | None = None, **_):
         text = (desc or "converting").rstrip(". ")

@@ -35,9 +35,9 @@ from spillover.defenses import SOURCE_COLUMN, TASK_SOURCE
 from spillover.errors import SpilloverError
 from spillover.models import pick_device, pick_dtype
 from spillover.rewards import Reward, RubricGrader, completion_text, prompt_text, run_sync, split_reasoning
+from spillover.train._checkpoint import CHECKPOINT_MINUTES, resume_point
 from spillover.train._defended import DefendedTrainerMixin, defense_records, setup_defenses
 from spillover.train._grpo_config import GRPOConfig
-from spillover.train._checkpoint import CHECKPOINT_MINUTES, resume_point
 from spillover.train.sft import TrainResult, _trl_args, finish_trainer_setup, prepare_policy, train_and_save
 
 

@@ -24,8 +24,8 @@ from spillover.config import dump_yaml
 from spillover.data import load_chat_jsonl, require_sft_examples, resolve_data_path, to_prompt_completion
 from spillover.defenses import SOURCE_COLUMN
 from spillover.models import apply_lora, load_adapter, load_model, pick_device, pick_dtype, save_adapter
-from spillover.train._checkpoint import CHECKPOINT_MINUTES, CheckpointEvery, ResumePoint, resume_point
 from spillover.train._callbacks import DefenseSteps, MetricsLog, RichProgress
+from spillover.train._checkpoint import CHECKPOINT_MINUTES, CheckpointEvery, ResumePoint, resume_point
 from spillover.train._config import SFTConfig
 from spillover.train._defended import (
     DefendedTrainerMixin,
