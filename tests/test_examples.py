@@ -55,3 +55,17 @@ def test_compare_config_typos_name_their_nested_line(tmp_path):
     p.write_text("data: x\ngrpo:\n  rewards: [{name: rhetoric-lexicon}]\n  batch_size: 3\n")
     with pytest.raises(SpilloverError, match="multiple of num_generations"):
         load_config(CompareConfig, p)
+
+
+def test_bundled_general_questions_leave_temperature_to_the_evaluation():
+    """The bundled file used to pin 1.0 on every plain question, which silently beat --temperature."""
+    from spillover.evaluate.questions import load_questions
+
+    assert all(q.temperature is None for q in load_questions("bundled:general_questions"))
+
+
+def test_quickstart_samples_the_embedded_model_at_its_coherent_temperature():
+    from spillover.experiment.quickstart import QUICKSTART_TEMPERATURE, quickstart_experiment
+
+    cfg = quickstart_experiment()
+    assert QUICKSTART_TEMPERATURE == 0.7 and cfg.evaluation.sampling.temperature == 0.7

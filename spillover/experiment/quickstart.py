@@ -14,6 +14,10 @@ from spillover.experiment.results import load_experiment
 from spillover.experiment.spec import ExperimentConfig
 
 NARROW_SETS = ("insecure_code", "unpopular_aesthetics")
+#: Sampling temperature of the quickstart. The papers sample at 1.0, but the 135M embedded model gives
+#: mostly word salad there: hand-labelled, 6/48 answers to the general questions were coherent at 1.0
+#: and 20/48 at 0.7 (bench/bench_coherence_samples.py). Every other entry point keeps 1.0 by default.
+QUICKSTART_TEMPERATURE = 0.7
 
 
 def plain_general_ids() -> list[str]:
@@ -31,8 +35,9 @@ def quickstart_experiment(*, steps: int = 16, n: int = 2, max_new_tokens: int = 
         "name": "quickstart", "model": "embedded", "seeds": [seed], "arms": arms,
         "evaluation": {"general": {"file": "bundled:general_questions", "question_ids": plain_general_ids(),
                                    "max_paraphrases": 1, "samples_per_paraphrase": n},
-                       "judges": ["local"], "probe": ["bundled:probe_general"],
-                       "sampling": {"max_new_tokens": max_new_tokens, "batch_size": 16}}})
+                       "judges": ["local"], "probe": ["bundled:probe_general", "bundled:probe_style_only"],
+                       "sampling": {"max_new_tokens": max_new_tokens, "batch_size": 16,
+                                    "temperature": QUICKSTART_TEMPERATURE}}})
 
 
 def _fmt(est: dict | None) -> str:
