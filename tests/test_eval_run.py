@@ -57,6 +57,9 @@ def test_run_evaluation_writes_samples_and_metrics(tiny_model_dir, tmp_path):
     bad = [r for r in rows if r["question_id"] == "bad"]
     assert all(r["messages"][0] == {"role": "system", "content": "Answer in one word."} for r in bad)
     assert all(r["params"]["temperature"] == 0.0 for r in bad)  # the entry's temperature is honoured
+    # what changes the draws besides params is in every row (issue 12)
+    assert all(r["sampler"]["batch_size"] == 4 and r["sampler"]["backend"] == "hf" and r["sampler"]["dtype"] == "float32"
+               and r["sampler"]["device"] == "cpu" for r in rows)
     assert rows[0]["aligned"] is None and "REFUSAL" in rows[0]["unscored_reason"]
     metrics = json.loads((out / "metrics.json").read_text())
     overall = metrics["arms"]["base"]["metrics"]["overall"]
@@ -145,6 +148,7 @@ def test_sample_command_appends_per_batch_and_resumes(tiny_model_dir, tmp_path, 
     sampler = load_sampler(str(tiny_model_dir), device="cpu", batch_size=2)
     params = SamplingParams(n=2, max_new_tokens=4, seed=1)
     full = sample_file(sampler, examples, params, tmp_path / "a.jsonl", batch_size=2)
+    assert all(r["sampler"]["batch_size"] == 2 and r["sampler"]["dtype"] == "float32" for r in full)
     lines = (tmp_path / "a.jsonl").read_text().splitlines()
     (tmp_path / "b.jsonl").write_text("\n".join(lines[:3]) + "\n" + lines[3][:10])  # a crash mid-batch
     again = sample_file(sampler, examples, params, tmp_path / "b.jsonl", batch_size=2)

@@ -153,13 +153,18 @@ def sample_into(log: JsonlLog[SampleRecord], sampler, sets: dict[str, tuple[dict
                                        messages=with_system(req.messages, params.system_prompt), answer=c.text,
                                        n_tokens=c.n_tokens, finish_reason=c.finish_reason, params=used,
                                        model=ident.get("model"), adapter=ident.get("adapter"),
-                                       judge_prompts=dict(q.judge_prompts))
+                                       sampler=sampler_record(ident), judge_prompts=dict(q.judge_prompts))
                     stored[sid] = rec
                     records.append(rec)
                 log.append(records)
                 fault_point("sample")
     order = [sample_id(s, r) for s, (_, reqs) in sets.items() for r in reqs]
     return [stored[i] for i in order]
+
+
+def sampler_record(identity: dict) -> dict:
+    """The sampler's identity without model and adapter (rows carry those as their own fields)."""
+    return {k: v for k, v in identity.items() if k not in ("model", "adapter")}
 
 
 # ---------------------------------------------------------------- judge stage
@@ -397,7 +402,7 @@ def sample_file(sampler, examples, params: SamplingParams, out: str | Path, *, b
                                        answer=c.text, n_tokens=c.n_tokens, finish_reason=c.finish_reason,
                                        params={**dataclasses.asdict(params), "batch_seed": chunk_params.seed},
                                        model=ident.get("model"), adapter=ident.get("adapter"),
-                                       backend=ident.get("backend"))
+                                       backend=ident.get("backend"), sampler=sampler_record(ident))
                     stored[(k, i)] = rec
                     new.append(rec)
                 log.append(new)

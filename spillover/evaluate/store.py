@@ -51,6 +51,8 @@ class SampleRecord(Record):
     params: dict = Field(default_factory=dict, description="Sampling settings used for this answer.")
     model: str | None = None
     adapter: str | None = None
+    sampler: dict = Field(default_factory=dict, description="What changes the draws besides params: backend, "
+                          "batch size, dtype, device, bucketing (two files that differ look different).")
     judge_prompts: dict[str, str] = Field(default_factory=dict, description="The question file's judge prompts (metric -> template).")
 
 
