@@ -108,6 +108,9 @@ def test_rerun_is_a_no_op_and_training_consumption_is_recorded(clean_run):
     assert general["n_total"] == 7 and general["misalignment_rate"]["n"] < 7  # unscored samples stay in n_total
     assert summary.probe[res.index.probe_sets[0].key]["delta_vs_base"] is not None
     assert (root / "clean" / "base" / "probe").is_dir()  # the base model's probe, once per experiment
+    sampled = read_marker(unit_dir(root / "clean", "rl", 1), "sample").model_extra["sampler"]
+    assert sampled["backend"] == "hf" and sampled["batch_size"] and sampled["dtype"] == "float32"
+    assert all(r.sampler == sampled for r in res.unit("rl", 1).samples)  # every row says how it was drawn
 
 
 def test_run_and_status_through_the_cli(clean_run, tmp_path):

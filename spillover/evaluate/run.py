@@ -411,5 +411,5 @@ def sample_file(sampler, examples, params: SamplingParams, out: str | Path, *, b
 
 
 __all__ = ["Arm", "EvalSettings", "QuestionSelection", "judge_into", "judge_slug", "joined_rows", "metrics_by_set",
-           "probe_key", "probe_logprobs", "probe_summary", "run_evaluation", "sample_file", "sample_into",
+           "probe_key", "probe_logprobs", "probe_summary", "run_evaluation", "sample_file", "sample_into", "sampler_record",
            "select_questions"]

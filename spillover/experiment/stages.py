@@ -33,6 +33,7 @@ from spillover.evaluate.run import (
     probe_logprobs,
     probe_summary,
     sample_into,
+    sampler_record,
     select_questions,
 )
 from spillover.evaluate.sampling import SamplingParams
@@ -402,9 +403,10 @@ def _sample(cfg, arm, seed, folder, unit_model: UnitModel, up_train) -> bool:
         sets = question_sets(cfg)
         sp = cfg.evaluation.sampling
         params = SamplingParams(temperature=sp.temperature, top_p=sp.top_p, max_new_tokens=sp.max_new_tokens, seed=seed)
-        sample_into(log, unit_model.sampler(), sets, params, arm=arm.name, seed=seed, batch_size=sp.batch_size,
+        sampler = unit_model.sampler()
+        sample_into(log, sampler, sets, params, arm=arm.name, seed=seed, batch_size=sp.batch_size,
                     description=f"{arm.name} seed {seed}: sampling")
-        return {"n_samples": len(log.read())}
+        return {"n_samples": len(log.read()), "sampler": sampler_record(sampler.identity())}
 
     return stage.run(body, log.clear)
 
