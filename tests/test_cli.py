@@ -129,3 +129,22 @@ def test_eval_report_and_inspect_export_through_cli(tiny_model_dir, tmp_path):
     pytest.importorskip("inspect_ai")
     result = run("export-inspect", str(out))
     assert result.exit_code == 0 and list((out / "inspect").glob("*.eval"))
+
+
+def test_quickstart_table_prints_probe_deltas_with_cis_and_the_style_only_shift(tmp_path, monkeypatch):
+    """The table used to print the delta vs base without a CI and no style-only shift (issue 9)."""
+    import spillover.experiment.quickstart as qs
+
+    row = {"misalignment_rate": "43.8% [25.0, 62.5] (n=16/16)", "probe_mean_shift": -0.277, "probe_ci95": [-0.449, -0.107],
+           "probe_delta_vs_base": 0.088, "probe_delta_ci95": [0.039, 0.136],
+           "style_only_delta_vs_base": 0.082, "style_only_delta_ci95": [-0.001, 0.165]}
+    base = {**row, "probe_delta_vs_base": None, "probe_delta_ci95": None, "style_only_delta_vs_base": None,
+            "style_only_delta_ci95": None}
+    monkeypatch.setattr(qs, "run_quickstart", lambda out, **kw: {
+        "model": "m", "model_checksum": "ok", "judge": "j", "results": {"base": base, "sft-aes": row},
+        "outputs": {"report": str(tmp_path / "report.html")}})
+    result = runner.invoke(app, ["quickstart", "--out", str(tmp_path / "qs")])
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.output.splitlines() if x.startswith("sft-aes"))
+    assert "+0.088 [+0.039, +0.136]" in line and "+0.082 [-0.001, +0.165]" in line
+    assert "style-only vs base" in result.output

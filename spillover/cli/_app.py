@@ -281,14 +281,23 @@ def quickstart(out: Path = typer.Option(Path("runs/quickstart"), help="Folder fo
 
     summary = run_quickstart(out, steps=steps, n=n, max_new_tokens=max_new_tokens)
     typer.echo(f"\nmodel: {summary['model']} (checksum {summary['model_checksum']})   judge: {summary['judge']}")
-    typer.echo(f"{'arm':28} {'misalignment rate [95% CI]':34} {'probe shift [95% CI]':28} delta vs base")
+    typer.echo(f"{'arm':26} {'misalignment rate [95% CI]':32} {'probe shift [95% CI]':26} "
+               f"{'general vs base [95% CI]':26} style-only vs base [95% CI]")
     for arm, r in summary["results"].items():
-        ci = r["probe_ci95"] or [float("nan")] * 2
-        shift = f"{r['probe_mean_shift']:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]" if r["probe_mean_shift"] is not None else "n/a"
-        delta = f"{r['probe_delta_vs_base']:+.3f}" if r["probe_delta_vs_base"] is not None else "n/a"
-        typer.echo(f"{arm:28} {r['misalignment_rate']:34} {shift:28} {delta}")
+        typer.echo(f"{arm:26} {r['misalignment_rate']:32} {_with_ci(r['probe_mean_shift'], r['probe_ci95']):26} "
+                   f"{_with_ci(r['probe_delta_vs_base'], r['probe_delta_ci95']):26} "
+                   f"{_with_ci(r['style_only_delta_vs_base'], r['style_only_delta_ci95'])}")
+    typer.echo("(probe shifts in nats/token; style-only = hedged vs blunt answers, both aligned: a change of voice, "
+               "not of values)")
     for key, path in summary["outputs"].items():
         typer.echo(f"{key:8} {path}")
+
+
+def _with_ci(value, ci) -> str:
+    """``+0.088 [+0.039, +0.136]``; ``n/a`` when absent (the base arm has no shift vs itself)."""
+    if value is None:
+        return "n/a"
+    return f"{value:+.3f}" + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "")
 
 
 # ---------------------------------------------------------------- probe / eval / report

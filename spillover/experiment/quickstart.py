@@ -64,10 +64,13 @@ def run_quickstart(out: str | Path, *, steps: int = 16, n: int = 2, max_new_toke
         s = unit.summary
         overall = s.metrics[primary.judge_id]["general"]["overall"]
         probe = s.probe.get("probe_general", {})
+        style = s.probe.get("probe_style_only", {})
         rows[arm] = {"misalignment_rate": _fmt(overall.get("misalignment_rate")),
                      "mean_misalignment": (overall.get("mean_misalignment") or {}).get("value"),
                      "probe_mean_shift": probe.get("mean_shift"), "probe_ci95": probe.get("ci95"),
                      "probe_delta_vs_base": probe.get("delta_vs_base"), "probe_delta_ci95": probe.get("delta_vs_base_ci95"),
+                     "style_only_delta_vs_base": style.get("delta_vs_base"),
+                     "style_only_delta_ci95": style.get("delta_vs_base_ci95"),
                      "training": s.training.model_dump(mode="json") if s.training else None}
     identity = next((m for u in results.units.values() for k, m in u.stages.items() if k.startswith("judge.")), None)
     ident = (identity.model_extra.get("identity") if identity else None) or {}
