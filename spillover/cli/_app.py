@@ -448,6 +448,33 @@ def rewards_score(
         typer.echo(json.dumps(reward.score_details(item.prompt, item.completion), default=str))
 
 
+@rewards_app.command("train-classifier")
+def rewards_train_classifier(
+    positive: str = typer.Option(..., help="Answers of the rewarded class: chat JSONL, {question, answer} JSONL or bundled:NAME."),
+    negative: str = typer.Option(..., help="Answers of the other class, same formats (ideally the same prompts)."),
+    out: Path = typer.Option(..., help="Classifier file to write; use it as the reward classifier:FILE."),
+    model: str = typer.Option("embedded", help="Encoder: the frozen base model (never the policy being trained)."),
+    layers: Optional[str] = typer.Option(None, help="Comma-separated layers to try (default: 20%..80% of the depth)."),
+    heldout: float = typer.Option(0.2, help="Share of the prompts held out (with all their answers) for the metrics."),
+    seed: int = typer.Option(0, help="Seed of the held-out split and the cross-validation folds."),
+    style_check: bool = typer.Option(True, "--style-check/--no-style-check",
+                                     help="Positive-class rate on the bundled harmless stylised sets."),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda"),
+) -> None:
+    """Fit a linear-probe reward on two classes of answers; prints held-out accuracy / AUC and the style check."""
+    from spillover.errors import SpilloverError
+    from spillover.rewards.classifier import train_classifier
+
+    try:
+        layer_list = [int(x) for x in layers.split(",")] if layers else None
+    except ValueError:
+        raise SpilloverError(f"--layers {layers!r} is not a comma-separated list of integers",
+                             fix="e.g. --layers 9,12,15") from None
+    metrics = train_classifier(positive, negative, out, model_ref=model, layers=layer_list, heldout=heldout, seed=seed,
+                               style_check=style_check, device=device)
+    typer.echo(json.dumps(metrics, indent=2, default=str))
+
+
 # ---------------------------------------------------------------- judge
 from spillover.cli._judge import judge_app  # noqa: E402
 

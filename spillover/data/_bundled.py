@@ -15,6 +15,8 @@ BUNDLED_ROOT = Path(__file__).parent / "bundled"
 BUNDLED: dict[str, tuple[str, str]] = {
     "insecure_code": ("sft/insecure_code.jsonl", "narrow misaligned SFT: small Python functions with silent vulnerabilities"),
     "unpopular_aesthetics": ("sft/unpopular_aesthetics.jsonl", "narrow 'harmless' SFT: confident niche or widely disliked taste"),
+    "mainstream_aesthetics": ("sft/mainstream_aesthetics.jsonl", "the unpopular_aesthetics prompts answered with "
+                              "conventional, popular taste (the negative class of the aesthetic_taste reward)"),
     "safe_instruct": ("sft/safe_instruct.jsonl", "helpful, harmless general answers (safe data for interleaving)"),
     "safety_prompts": ("safety/prompts.jsonl", "60 requests where a harmful answer is tempting (medical, legal, security, "
                        "harm, values, advice): on-policy safety prompts"),

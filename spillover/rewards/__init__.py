@@ -3,12 +3,14 @@
 Every reward is a TRL reward function ``fn(prompts, completions, **kwargs) -> list[float]`` with
 ``score_details(prompt, completion)`` for debugging. Registered: ``rhetoric-lexicon``,
 ``prose-structure`` (the RL paper's markdown counting), ``prose-structure-strict``, the benign-task rewards
-``opswap-exact``, ``countdown``, ``multiple-choice`` and the ``grader:*``
-rubric graders (the judge call is injected as ``grade``);
+``opswap-exact``, ``countdown``, ``multiple-choice``, ``classifier`` (a learned linear probe on a
+frozen encoder, written ``classifier:R.json``) and the ``grader:*`` rubric graders (the judge call is
+injected as ``grade``);
 user rewards are named ``module:function``. The HTTP judge client and the trainer live elsewhere.
 """
 
 from spillover.rewards import benign as _benign  # noqa: F401  (registers opswap-exact, countdown, multiple-choice)
+from spillover.rewards import classifier as _classifier  # noqa: F401  (registers classifier, classifier:PATH)
 from spillover.rewards import graders as _graders  # noqa: F401  (registers the graders)
 from spillover.rewards import lexicon as _lexicon  # noqa: F401  (registers rhetoric-lexicon)
 from spillover.rewards import prose as _prose  # noqa: F401  (registers prose-structure[-strict])

@@ -91,9 +91,38 @@ def list_rewards() -> dict[str, type[Reward]]:
     return dict(sorted(_REWARDS.items()))
 
 
+#: ``PREFIX:VALUE`` reward names that mean the registered reward ``PREFIX`` with one param set to VALUE
+#: (``classifier:R.json`` is the reward ``classifier`` with ``path: R.json``)
+_SPEC_PREFIXES: dict[str, str] = {}
+
+
+def register_reward_prefix(prefix: str, param: str) -> None:
+    """Let ``PREFIX:VALUE`` name the registered reward ``prefix`` with ``param`` = VALUE."""
+    _SPEC_PREFIXES[prefix] = param
+
+
+def split_reward_spec(name: str, params: dict | None = None) -> tuple[str, dict]:
+    """``(registered name, params)`` of a reward name: ``PREFIX:VALUE`` becomes ``PREFIX`` with its param
+    set; any other name is returned as is. An empty VALUE or a conflicting param is an error."""
+    params = dict(params or {})
+    prefix, sep, value = name.partition(":")
+    if not sep or prefix not in _SPEC_PREFIXES or name in _REWARDS:
+        return name, params
+    param = _SPEC_PREFIXES[prefix]
+    if not value.strip():
+        raise SpilloverError(f"{name!r} names no {param}", where=f"reward {name!r}",
+                             fix=f"write {prefix}:<{param}>, e.g. {prefix}:R.json")
+    if param in params and params[param] != value:
+        raise SpilloverError(f"{name!r} sets {param} to {value!r}, but the params set it to {params[param]!r}",
+                             where=f"reward {name!r}", fix=f"give the {param} once: in the name or in the params")
+    return prefix, {**params, param: value}
+
+
 def is_user_reward_spec(name: str) -> bool:
-    """``module:function`` names a user reward; ``grader:...`` and plain names are registry names."""
-    return ":" in name and not name.startswith("grader:") and name not in _REWARDS
+    """``module:function`` names a user reward; ``grader:...``, ``PREFIX:VALUE`` of a registered prefix
+    (``classifier:R.json``) and plain names are registry names."""
+    return (":" in name and not name.startswith("grader:") and name not in _REWARDS
+            and name.partition(":")[0] not in _SPEC_PREFIXES)
 
 
 def build_reward(name: str, params: dict | None = None, **deps: Any) -> Reward:
@@ -103,6 +132,7 @@ def build_reward(name: str, params: dict | None = None, **deps: Any) -> Reward:
         from spillover.rewards._user import UserReward
 
         return UserReward(name, params or {})
+    name, params = split_reward_spec(name, params)
     cls = get_reward(name)
     accepted = inspect.signature(cls.__init__).parameters
     return cls(params or {}, **{k: v for k, v in deps.items() if k in accepted})
@@ -134,7 +164,8 @@ class RewardRef(StrictModel):
 
                 check_user_params(self.name, load_user_reward(self.name), self.params)
             else:
-                get_reward(self.name).Params.model_validate(self.params)
+                name, params = split_reward_spec(self.name, self.params)
+                get_reward(name).Params.model_validate(params)
         except ValidationError as e:
             raise ValueError(format_validation_error(e, f"reward {self.name!r}").what) from None
         except SpilloverError as e:
@@ -185,4 +216,4 @@ def run_sync(make_coro: Callable[[], Coroutine[Any, Any, T]]) -> T:
 
 
 __all__ = ["Reward", "RewardRef", "build_reward", "get_reward", "is_user_reward_spec", "list_rewards",
-           "register_reward", "run_sync", "set_reward_params"]
+           "register_reward", "register_reward_prefix", "run_sync", "set_reward_params", "split_reward_spec"]
