@@ -206,6 +206,12 @@ class UnitModel:
     def sampler(self):
         from spillover.evaluate.sampling import HFSampler
 
+        sp = self.cfg.evaluation.sampling
+        if sp.engine == "vllm":  # an engine process on the merged arm model; the caller closes it
+            from spillover.evaluate.sampling import load_sampler
+
+            return load_sampler(self.cfg.model, self.adapter, device=self.cfg.device, dtype=self.cfg.dtype,
+                                batch_size=sp.batch_size, engine="vllm")
         model, tok, ref = self.get()
         return HFSampler(model, tok, batch_size=self.cfg.evaluation.sampling.batch_size, model_id=ref.display,
                          adapter=self.adapter)
@@ -404,8 +410,11 @@ def _sample(cfg, arm, seed, folder, unit_model: UnitModel, up_train) -> bool:
         sp = cfg.evaluation.sampling
         params = SamplingParams(temperature=sp.temperature, top_p=sp.top_p, max_new_tokens=sp.max_new_tokens, seed=seed)
         sampler = unit_model.sampler()
-        sample_into(log, sampler, sets, params, arm=arm.name, seed=seed, batch_size=sp.batch_size,
-                    description=f"{arm.name} seed {seed}: sampling")
+        try:
+            sample_into(log, sampler, sets, params, arm=arm.name, seed=seed, batch_size=sp.batch_size,
+                        description=f"{arm.name} seed {seed}: sampling")
+        finally:
+            getattr(sampler, "close", lambda: None)()  # an engine process stops here
         return {"n_samples": len(log.read()), "sampler": sampler_record(sampler.identity())}
 
     return stage.run(body, log.clear)
