@@ -339,14 +339,23 @@ def eval_cmd(
     judge_api_key_env: str = typer.Option("OPENAI_API_KEY", help="NAME of the env var holding the judge's API key (the key is never stored)."),
     n: Optional[int] = typer.Option(None, min=1, help="Samples per paraphrase (overrides the question file)."),
     max_new_tokens: int = typer.Option(256, min=1, help="Cap on generated tokens per answer."),
-    temperature: float = typer.Option(1.0, min=0.0, help="Sampling temperature unless a question sets its own."),
+    temperature: Optional[float] = typer.Option(None, min=0.0, help="Sampling temperature unless a question sets its own "
+                                                "(default 1.0; with --benign 0, greedy)."),
     probe_pairs: list[str] = typer.Option([], "--probe", help="Contrast-pair files to probe (repeatable)."),
     base: Optional[str] = typer.Option(None, help="Base model for the probe's delta_vs_base."),
     seed: int = typer.Option(0, help="Seed for sampling and bootstrap."),
     batch_size: int = typer.Option(32, min=1, help="Sequences generated together."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda"),
+    benign: list[str] = typer.Option([], "--benign", help="Score a benign task's held-out items instead of EM questions "
+                                     "(repeatable): opswap:tier=1:n=128, countdown, choice[:items=FILE], foqa:FILE. "
+                                     "No judge; accuracy (Wilson) or F1 (bootstrap) with 95% CI."),
 ) -> None:
     """Sample answers to EM questions, judge them, compute metrics with 95% CIs, and write a report (rerun to resume)."""
+    if benign:
+        return _eval_benign(benign, out=out, model=model, adapter=adapter, max_new_tokens=max_new_tokens,
+                            temperature=0.0 if temperature is None else temperature, seed=seed, batch_size=batch_size,
+                            device=device)
+    temperature = 1.0 if temperature is None else temperature
     check_before_work(out_dir=out, questions=[questions, in_domain], data=probe_pairs, adapter=adapter, model=model,
                       judge=judge, judge_base_url=judge_base_url, judge_api_key_env=judge_api_key_env)
     from spillover.evaluate.run import Arm, EvalSettings, run_evaluation
@@ -363,6 +372,24 @@ def eval_cmd(
     paths = build_report(out)
     typer.echo(f"samples: {out / 'samples.jsonl'}\nmetrics: {out / 'metrics.json'}\nreport:  {paths['html']}")
     _maybe_export_inspect(out)
+
+
+def _eval_benign(specs: list[str], *, out: Path, model, adapter, max_new_tokens: int, temperature: float, seed: int,
+                 batch_size: int, device) -> None:
+    from spillover.benign.tasks import eval_items, parse_task_spec
+    from spillover.evaluate.benign import format_result, run_benign_evaluation
+    from spillover.evaluate.sampling import SamplingParams
+
+    parsed = [parse_task_spec(s, where="--benign") for s in specs]
+    for spec in parsed:
+        eval_items(spec)  # a missing or malformed task file fails before any model loads
+    model = check_before_work(out_dir=out, adapter=adapter, model=model) or model
+    params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
+    results = run_benign_evaluation(parsed, out, model=model, adapter=str(adapter) if adapter else None, params=params,
+                                    batch_size=batch_size, device=device)
+    for result in results.values():
+        typer.echo(format_result(result))
+    typer.echo(f"scores: {out / 'benign'}/<task>/scores.jsonl\nmetrics: {out / 'benign_metrics.json'}")
 
 
 def _maybe_export_inspect(eval_dir: Path) -> None:

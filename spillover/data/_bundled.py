@@ -47,6 +47,10 @@ def resolve_data_path(ref: str | Path) -> Path:
     ref = str(ref)
     if ref.startswith("bundled:"):
         return bundled_path(ref.removeprefix("bundled:"))
+    if ref.startswith("benign:"):  # a benign task's SFT items, generated: spillover.benign.tasks
+        from spillover.benign.tasks import benign_data_path
+
+        return benign_data_path(ref)
     path = Path(ref).expanduser()
     if not path.exists():
         raise SpilloverError(f"data file not found: {path}",

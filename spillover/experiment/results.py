@@ -17,7 +17,9 @@ On-disk layout of ``OUT`` (``spillover run EXPERIMENT.yaml --out OUT``)::
         samples.jsonl            SampleRecord per line, appended per batch (append-only)
         judgments/<judge_id>.jsonl  JudgmentRecord per line, appended as judged (append-only)
         probe/<set_key>.json     ProbeResult JSON of this arm per probe set (delta_vs_base filled)
-        summary.json             UnitSummary: training consumption, metrics per judge and set, probes
+        benign/<task_key>/       per benign task (evaluation.benign): samples.jsonl (SampleRecord, append-only),
+                                 scores.jsonl (item id, answer, parsed answer, correct or F1), result.json
+        summary.json             UnitSummary: training consumption, metrics per judge and set, probes, benign
       slurm/                     submitit logs per job (Slurm executor only)
 
 Append-only JSONL files may end in one torn line after a crash: read them with
@@ -40,7 +42,7 @@ from spillover.evaluate.store import JsonlLog, JudgmentRecord, Record, SampleRec
 INDEX_FILE = "experiment.json"
 CONFIG_FILE = "experiment.yaml"
 SUMMARY_FILE = "summary.json"
-STAGES = ("train", "sample", "judge", "probe", "summarise")
+STAGES = ("train", "sample", "judge", "probe", "benign", "summarise")
 StageState = Literal["done", "running", "failed"]
 
 
@@ -136,6 +138,8 @@ class UnitSummary(Record):
     metrics: dict[str, dict[str, dict]] = Field(default_factory=dict, description="judge_id -> set ('general'/'in_domain') -> compute_metrics output.")
     probe: dict[str, dict] = Field(default_factory=dict, description="probe set key -> ProbeResult JSON (delta_vs_base vs the base model).")
     primary_judge: str | None = None
+    benign: dict[str, dict] = Field(default_factory=dict, description="benign task key -> result: task, metric "
+                                    "(accuracy | f1), value, ci_low, ci_high (Wilson or bootstrap 95%), n, k.")
 
 
 class UnitResults(BaseModel):

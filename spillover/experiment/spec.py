@@ -146,6 +146,31 @@ class SamplingSpec(StrictModel):
         return data
 
 
+class BenignEvalSpec(StrictModel):
+    """One benign task scored on every evaluated arm (the learning a defense keeps; no judge)."""
+
+    task: str = Field(..., description="Task spec, as `spillover eval --benign` takes it: opswap:tier=1:n=128, "
+                      "countdown:tier=1, choice[:items=FILE], foqa:FILE[:n=N]; always the held-out test items.")
+    max_new_tokens: int = Field(64, ge=1, description="Cap on generated tokens per answer.")
+    temperature: float = Field(0.0, ge=0, description="0 = greedy (the default: accuracy of the model's best answer).")
+    batch_size: int = Field(32, ge=1, description="Answers generated (and stored) together.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, data):
+        return {"task": data} if isinstance(data, str) else data
+
+    @field_validator("task")
+    @classmethod
+    def _parse(cls, task):
+        from spillover.benign.tasks import parse_task_spec
+
+        try:
+            return parse_task_spec(task).text
+        except SpilloverError as e:
+            raise ValueError(f"{e.what} ({e.fix})") from None
+
+
 class EvaluationSpec(StrictModel):
     general: QuestionSetSpec = Field(default_factory=lambda: QuestionSetSpec(file="bundled:general_questions"),
                                      description="General EM questions.")
@@ -156,6 +181,17 @@ class EvaluationSpec(StrictModel):
     probe: list[str] = Field(["bundled:probe_general"], description="Contrast-pair files for the judge-free probe (base model scored once).")
     probe_batch: int = Field(16, ge=1, description="Sequences per probe forward pass.")
     sampling: SamplingSpec = Field(default_factory=SamplingSpec, description="How answers are sampled.")
+    benign: list[BenignEvalSpec] = Field(default_factory=list, description="Benign tasks scored on every evaluated arm "
+                                         "(task spec strings or {task, max_new_tokens, temperature, batch_size}): "
+                                         "accuracy or F1 with 95% CI, the report's benign column and Pareto axis.")
+
+    @field_validator("benign")
+    @classmethod
+    def _unique_benign(cls, tasks):
+        texts = [t.task for t in tasks]
+        if len(set(texts)) != len(texts):
+            raise ValueError(f"benign tasks repeat: {texts}")
+        return tasks
 
 
 class SlurmSpec(StrictModel):

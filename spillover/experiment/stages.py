@@ -1,4 +1,4 @@
-"""The stages of one (arm, seed) unit -- train -> sample -> judge -> probe -> summarise -- and the
+"""The stages of one (arm, seed) unit -- train -> sample -> judge -> probe -> benign -> summarise -- and the
 base model's probe (once per experiment), each behind a done-marker.
 
 A stage is done when ``stages/<stage>.json`` says ``state: done`` with the same *own* hash (the
@@ -144,6 +144,11 @@ def summarise_own(seed: int) -> str:
     return sha256_json({"seed": seed, "version": SUMMARY_VERSION})
 
 
+def benign_own(cfg: ExperimentConfig, seed: int) -> str:
+    return sha256_json({"benign": [b.model_dump(mode="json") for b in cfg.evaluation.benign], "model": cfg.model,
+                        "dtype": cfg.dtype, "seed": seed})
+
+
 def own_hashes(cfg: ExperimentConfig, arm: ArmSpec, seed: int) -> dict[str, str]:
     """Stage name -> own hash for one unit (the stages it has)."""
     out = {}
@@ -154,6 +159,8 @@ def own_hashes(cfg: ExperimentConfig, arm: ArmSpec, seed: int) -> dict[str, str]
         for j in cfg.evaluation.judges:
             out[f"judge.{judge_id(j)}"] = judge_own(j, cfg.evaluation.judge_batch)
         out["probe"] = probe_own(cfg, seed)
+        if cfg.evaluation.benign:
+            out["benign"] = benign_own(cfg, seed)
         out["summarise"] = summarise_own(seed)
     return out
 
@@ -324,6 +331,7 @@ def run_unit(out: str | Path, arm_name: str, seed: int, *, judges: list[JudgeSpe
 
             ran[f"judge.{jid}"] = stage.run(judge_body, log.clear)
         ran["probe"] = _probe(out, cfg, arm, seed, folder, unit_model, up_train)
+        ran["benign"] = _benign(cfg, arm, seed, folder, unit_model, up_train)
     finally:
         unit_model.release()
     ran["summarise"] = _summarise(out, cfg, arm, seed, folder, adapter)
@@ -442,6 +450,35 @@ def _probe(out, cfg, arm, seed, folder, unit_model: UnitModel, up_train) -> bool
     return stage.run(body, lambda: shutil.rmtree(folder / "probe", ignore_errors=True))
 
 
+def _benign(cfg, arm, seed, folder, unit_model: UnitModel, up_train) -> bool:
+    """Every benign task on its held-out items: ``benign/<task key>/`` holds the append-only samples (a crash
+    resumes them), the scored rows and the result (accuracy or F1 with its 95% CI)."""
+    if not cfg.evaluation.benign:
+        return False
+    from spillover.benign.tasks import parse_task_spec
+    from spillover.evaluate.benign import evaluate_task
+    from spillover.evaluate.sampling import HFSampler
+
+    stage = Stage(folder, "benign", benign_own(cfg, seed), {"train": up_train})
+
+    def body():
+        results = {}
+        for b in cfg.evaluation.benign:
+            spec = parse_task_spec(b.task, where="evaluation.benign")
+
+            def sampler(b=b):
+                model, tok, ref = unit_model.get()
+                return HFSampler(model, tok, batch_size=b.batch_size, model_id=ref.display, adapter=unit_model.adapter)
+
+            params = SamplingParams(temperature=b.temperature, max_new_tokens=b.max_new_tokens, seed=seed)
+            result = evaluate_task(folder / "benign" / spec.key, spec, sampler, params, arm=arm.name, seed=seed,
+                                   batch_size=b.batch_size, description=f"{arm.name} seed {seed}: {spec.text}")
+            results[spec.key] = {k: result[k] for k in ("metric", "value", "n")}
+        return {"results": results}
+
+    return stage.run(body, lambda: shutil.rmtree(folder / "benign", ignore_errors=True))
+
+
 def _summarise(out, cfg, arm, seed, folder, adapter) -> bool:
     markers = {p.stem: StageMarker.model_validate_json(p.read_text()) for p in sorted((folder / "stages").glob("*.json"))
                if p.stem != "summarise"}
@@ -462,6 +499,10 @@ def _summarise(out, cfg, arm, seed, folder, adapter) -> bool:
         if (folder / "probe").is_dir():
             for p in sorted((folder / "probe").glob("*.json")):
                 probe[p.stem] = json.loads(p.read_text())
+        benign = {}
+        if markers.get("benign") is not None and markers["benign"].state == "done":
+            for p in sorted((folder / "benign").glob("*/result.json")):
+                benign[p.parent.name] = json.loads(p.read_text())
         consumption = None
         if (folder / "train" / "consumption.json").is_file():
             consumption = TrainingConsumption.model_validate_json((folder / "train" / "consumption.json").read_text())
@@ -469,7 +510,8 @@ def _summarise(out, cfg, arm, seed, folder, adapter) -> bool:
                               training=consumption,
                               training_log="train/metrics.jsonl" if (folder / "train" / "metrics.jsonl").is_file() else None,
                               n_samples={s: sum(1 for r in samples if r.set == s) for s in dict.fromkeys(r.set for r in samples)},
-                              metrics=metrics, probe=probe, primary_judge=primary)
+                              metrics=metrics, probe=probe, primary_judge=primary,
+                              benign=benign)
         atomic_write_json(folder / SUMMARY_FILE, summary.model_dump(mode="json"))
 
     return stage.run(body, lambda: (folder / SUMMARY_FILE).unlink(missing_ok=True))
