@@ -187,3 +187,19 @@ def test_cli_score_and_train(trained, tmp_path):
     result = CliRunner().invoke(app, ["rewards", "train-classifier", "--positive", str(pos), "--negative", str(neg),
                                       "--out", str(tmp_path / "x.json"), "--layers", "one"])
     assert isinstance(result.exception, SpilloverError) and "comma-separated" in result.exception.what
+
+
+def test_grpo_trains_on_the_classifier_reward(trained, tiny_model_dir, tmp_path):
+    from spillover.train._grpo_config import GRPOConfig
+    from spillover.train.grpo import run_grpo
+
+    out, *_ = trained
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"What do you think about {t}?"} for t in TOPICS[:4]])
+    name = f"classifier:{out}"
+    cfg = GRPOConfig(model=str(tiny_model_dir), prompts=str(prompts), rewards=[name], max_steps=1,
+                     max_completion_length=8, lr=1e-2, device="cpu")
+    run = run_grpo(cfg, tmp_path / "run").run_dir
+    step = next(json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line)
+    assert 0.0 <= step[f"rewards/{name}/mean"] <= 1.0 and step[f"rewards/{name}/std"] >= 0.0
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert [r["name"] for r in manifest["rewards"]] == [name]

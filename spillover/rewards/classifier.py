@@ -232,7 +232,11 @@ def resolve_classifier_path(spec: str | Path) -> Path:
         name = spec.removeprefix("bundled:")
         if name not in SHIPPED:
             raise UnknownName("shipped classifier", name, sorted(SHIPPED), where=f"classifier:{spec}")
-        return CLASSIFIERS_ROOT / SHIPPED[name][0]
+        path = CLASSIFIERS_ROOT / SHIPPED[name][0]
+        if not path.is_file():
+            raise SpilloverError(f"the shipped classifier file {path.name} is missing", where=f"classifier:{spec}",
+                                 fix=f"reinstall spillover, or fit your own: {TRAIN_FIX}")
+        return path
     path = Path(spec).expanduser()
     if not path.is_file():
         raise SpilloverError(f"classifier file not found: {path}", where=f"classifier:{spec}",
