@@ -16,7 +16,7 @@ from spillover.train._grpo_config import GRPOConfig
 app = typer.Typer(help="spillover: emergent-misalignment experiments (fine-tune, sample, judge, probe, report).",
                   no_args_is_help=True, pretty_exceptions_show_locals=False, add_completion=False)
 models_app = typer.Typer(help="Inspect, resolve and merge models.", no_args_is_help=True)
-data_app = typer.Typer(help="Bundled datasets and data validation.", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets: bundled and public ones by name, validation, statistics.", no_args_is_help=True)
 train_app = typer.Typer(help="Fine-tune a LoRA adapter with SFT or GRPO.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
@@ -57,14 +57,11 @@ def models_merge(adapter: Path = typer.Option(..., help="Adapter folder (RUN/ada
 
 
 # ---------------------------------------------------------------- data
-@data_app.command("list")
-def data_list() -> None:
-    """List the datasets shipped with spillover (use them as bundled:NAME)."""
-    from spillover.data import BUNDLED, bundled_path
+from spillover.cli._data import data_fetch, data_list, data_show  # noqa: E402
 
-    for name, (_, text) in BUNDLED.items():
-        n = sum(1 for line in bundled_path(name).open() if line.strip()) if bundled_path(name).suffix == ".jsonl" else None
-        typer.echo(f"bundled:{name:32} {'' if n is None else f'{n:4} lines  '}{text}")
+data_app.command("list")(data_list)
+data_app.command("fetch")(data_fetch)
+data_app.command("show")(data_show)
 
 
 @data_app.command("validate")

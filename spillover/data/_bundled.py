@@ -1,13 +1,13 @@
 """Datasets shipped inside the package (all written by spillover's authors).
 
-Refer to one as ``bundled:NAME`` wherever a data path is accepted.
+Refer to one as ``bundled:NAME`` wherever a data path is accepted; public datasets are ``hub:NAME``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from spillover.errors import SpilloverError, UnknownName
+from spillover.errors import SpilloverError, UnknownName, did_you_mean
 
 BUNDLED_ROOT = Path(__file__).parent / "bundled"
 
@@ -43,7 +43,9 @@ def bundled_path(name: str) -> Path:
 
 
 def resolve_data_path(ref: str | Path) -> Path:
-    """``bundled:NAME`` -> the shipped file; anything else is a path that must exist."""
+    """``bundled:NAME`` -> the shipped file; ``hub:NAME`` (or a bare registered NAME that is not a file) -> the
+    converted public dataset (cached, else downloaded; see :mod:`spillover.data._registry`); anything else is
+    a path that must exist."""
     ref = str(ref)
     if ref.startswith("bundled:"):
         return bundled_path(ref.removeprefix("bundled:"))
@@ -51,8 +53,18 @@ def resolve_data_path(ref: str | Path) -> Path:
         from spillover.benign.tasks import benign_data_path
 
         return benign_data_path(ref)
+    if ref.startswith("hub:"):
+        from spillover.data._registry import dataset_path
+
+        return dataset_path(ref.removeprefix("hub:"))
     path = Path(ref).expanduser()
     if not path.exists():
-        raise SpilloverError(f"data file not found: {path}",
-                             fix="check the path, or use bundled:NAME (list them with `spillover data list`)")
+        from spillover.data._registry import all_entries, dataset_path
+
+        if ref in all_entries():
+            return dataset_path(ref)
+        names = [f"bundled:{n}" for n in BUNDLED] + [f"hub:{n}" for n in all_entries()]
+        hint = did_you_mean(ref, names) or did_you_mean(f"hub:{ref}", names) or did_you_mean(f"bundled:{ref}", names)
+        raise SpilloverError(f"data file not found: {path}.{hint}" if hint else f"data file not found: {path}",
+                             fix="check the path, or use bundled:NAME or hub:NAME (list them with `spillover data list`)")
     return path
