@@ -233,3 +233,43 @@ def test_experiment_benign_stage_summarises_and_resumes_after_a_crash(tiny_model
     assert samples.read_text() == before
     assert read_marker(folder, "benign").state == "done"
     assert load_experiment(out).unit("sft", 0).summary.benign == res.unit("sft", 0).summary.benign
+
+
+# ---------------------------------------------------------------- the experiment report
+def test_report_shows_benign_accuracy_per_arm_and_the_pareto_plot_uses_it(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from _experiment_fixture import ARMS, SEEDS, make_experiment
+    from spillover.experiment.results import UnitSummary, load_experiment, unit_dir
+    from spillover.report.experiment import build_experiment_report, compute_stats
+
+    out = make_experiment(tmp_path / "exp", hostile=False)
+    key, task = "opswap-t1-s0-n10", "opswap:tier=1:seed=0:n=10"
+    correct = {"base": 1, "sft_med": 8, "rl_med": 5, "sft_med_kl": 6}
+    for arm in ARMS:
+        for seed in SEEDS:
+            folder = unit_dir(out, arm, seed)
+            k = correct[arm] + seed  # seed 1 gets one more right
+            rows = [{"item_id": f"item{i}", "answer": "Answer: 1", "parsed": "1", "correct": i < k} for i in range(10)]
+            (folder / "benign" / key).mkdir(parents=True)
+            (folder / "benign" / key / "scores.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            summary = UnitSummary.model_validate_json((folder / "summary.json").read_text())
+            summary.benign = {key: {"task": task, "key": key, "metric": "accuracy", "value": k / 10, "n": 10, "k": k}}
+            (folder / "summary.json").write_text(summary.model_dump_json())
+    stats = compute_stats(load_experiment(out), n_resamples=200)
+    est = stats["benign"]["sft_med"][key]
+    assert est.value == pytest.approx((0.8 + 0.9) / 2) and est.ci_low <= est.value <= est.ci_high
+    assert est.n_seeds == 2 and est.n_clusters == 10
+    kl_vs_none = next(d for d in stats["differences"] if (d["a"], d["b"]) == ("sft_med_kl", "sft_med"))
+    assert kl_vs_none["metrics"][f"benign/{key}"].value == pytest.approx(-0.2)
+
+    labels = []
+    original = matplotlib.axes.Axes.set_xlabel
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_xlabel",
+                        lambda self, text, *a, **k: (labels.append(text), original(self, text, *a, **k))[1])
+    paths = build_experiment_report(load_experiment(out), n_resamples=200)
+    markdown = paths["markdown"].read_text()
+    assert f"benign {task} accuracy" in markdown and "85.0% [" in markdown  # sft_med: mean of 80% and 90%
+    assert f"benign learning: {task} accuracy (%)" in labels
+    saved = json.loads(paths["stats"].read_text())
+    assert saved["benign"]["base"][key]["value"] == pytest.approx(0.15)

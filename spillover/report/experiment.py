@@ -200,9 +200,22 @@ def compute_stats(results, n_resamples: int = N_RESAMPLES, seed: int = 0,
             probe_tables.setdefault(arm.name, {})[key] = t
             probe.setdefault(arm.name, {})[key] = across_seeds(t, n_resamples, seed)
 
+    benign_tables = _benign_tables(results, arms)
+    benign = {arm: {key: across_seeds(t, n_resamples, seed) for key, t in keys.items()}
+              for arm, keys in benign_tables.items()}
+    benign_keys = list(dict.fromkeys(k for keys in benign_tables.values() for k in keys))
+    benign_metric = {}
+    for unit in results.units.values():
+        for key, result in (unit.summary.benign if unit.summary else {}).items():
+            benign_metric.setdefault(key, {"metric": result.get("metric", "accuracy"), "task": result.get("task", key)})
+
     diffs = []
     for a, b, kind in _comparisons(arms):
         entry = {"a": a, "b": b, "kind": kind, "metrics": {}}
+        for key in benign_keys:
+            ba, bb = benign_tables.get(a, {}).get(key), benign_tables.get(b, {}).get(key)
+            if ba and bb:
+                entry["metrics"][f"benign/{key}"] = difference(ba, bb, n_resamples, seed)
         for set_name in ("general", "in_domain"):
             ta, tb = tables.get(a, {}).get(set_name), tables.get(b, {}).get(set_name)
             if ta and tb:
@@ -224,8 +237,27 @@ def compute_stats(results, n_resamples: int = N_RESAMPLES, seed: int = 0,
     agreement = panel_agreement(panel, thresholds.misaligned_below, thresholds.coherent_above) if len(judges) > 1 else []
     return {"primary_judge": primary, "judges": judges, "per_judge": per_judge, "probe": probe,
             "probe_keys": probe_keys, "probe_kind": probe_kind, "differences": diffs, "agreement": agreement,
+            "benign": benign, "benign_keys": benign_keys, "benign_metric": benign_metric,
             "thresholds": thresholds.to_dict(), "bootstrap": {"n_resamples": n_resamples, "seed": seed,
                                                               "confidence": 0.95, "interval": "percentile"}}
+
+
+def _benign_tables(results, arms: Sequence) -> dict[str, dict[str, dict]]:
+    """arm -> benign task key -> seed table of per-item scores (1/0 correct, or FoQA F1; items are the
+    clusters), from each unit's ``benign/<key>/scores.jsonl`` once its benign stage is done."""
+    out: dict[str, dict[str, dict]] = {}
+    names = {a.name for a in arms}
+    for (arm, seed), unit in results.units.items():
+        if arm not in names or unit.summary is None:
+            continue
+        for key, result in unit.summary.benign.items():
+            path = Path(unit.path) / "benign" / key / "scores.jsonl"
+            if not path.is_file():
+                continue
+            field = "f1" if result.get("metric") == "f1" else "correct"
+            values = {r["item_id"]: float(r[field]) for r in read_jsonl(path)}
+            out.setdefault(arm, {}).setdefault(key, {})[seed] = values
+    return {arm: {key: value_tables(by_seed) for key, by_seed in keys.items()} for arm, keys in out.items()}
 
 
 def stats_to_json(stats: dict) -> dict:
@@ -236,6 +268,8 @@ def stats_to_json(stats: dict) -> dict:
                         for a, sets in arms.items()} for j, arms in stats["per_judge"].items()},
         "probe": {a: {k: e.to_dict() for k, e in keys.items()} for a, keys in stats["probe"].items()},
         "probe_kind": stats["probe_kind"],
+        "benign": {a: {k: e.to_dict() for k, e in keys.items()} for a, keys in stats.get("benign", {}).items()},
+        "benign_metric": stats.get("benign_metric", {}),
         "differences": [{**{k: d[k] for k in ("a", "b", "kind")},
                          "metrics": {m: x.to_dict() for m, x in d["metrics"].items()}} for d in stats["differences"]],
         "agreement": [p.to_dict() for p in stats["agreement"]],
@@ -282,6 +316,7 @@ def _summary_table(stats: dict, arms: Sequence) -> dict:
     if has_in_domain:
         headers.append("in-domain misalignment rate")
     headers += [f"probe {_probe_name(k)} ({_probe_label(stats, k)})" for k in stats["probe_keys"]]
+    headers += [_benign_label(stats, k) for k in stats.get("benign_keys", [])]
     rows = []
     for a in arms:
         general = primary.get(a.name, {}).get("general", {})
@@ -290,8 +325,24 @@ def _summary_table(stats: dict, arms: Sequence) -> dict:
         if has_in_domain:
             row.append(_cell(primary.get(a.name, {}).get("in_domain", {}).get("misalignment_rate")))
         row += [_probe_cell(stats["probe"].get(a.name, {}).get(k)) for k in stats["probe_keys"]]
+        row += [_benign_cell(stats["benign"].get(a.name, {}).get(k)) for k in stats.get("benign_keys", [])]
         rows.append(row)
     return {"headers": headers, "rows": rows}
+
+
+def _benign_label(stats: dict, key: str) -> str:
+    info = stats.get("benign_metric", {}).get(key, {})
+    return f"benign {info.get('task', key)} {'F1' if info.get('metric') == 'f1' else 'accuracy'}"
+
+
+def _benign_cell(est: AcrossSeeds | None) -> str:
+    if est is None:
+        return fmt.Plain("not evaluated")
+    value, lo, hi = fmt.finite(est.value), fmt.finite(est.ci_low), fmt.finite(est.ci_high)
+    if value is None:
+        return fmt.Plain(f"{fmt.NA} (n=0)")
+    ci = f" [{100 * lo:.1f}, {100 * hi:.1f}]" if lo is not None and hi is not None else " [no CI]"
+    return fmt.Plain(f"{100 * value:.1f}%{ci} ({est.n_clusters} items, {est.n_seeds} seed{'s' if est.n_seeds != 1 else ''})")
 
 
 def _probe_name(key: str) -> str:
@@ -353,7 +404,7 @@ def _differences_table(stats: dict) -> dict | None:
     rows = []
     for d in stats["differences"]:
         for metric, x in d["metrics"].items():
-            scale = "rate" if metric.endswith("misalignment_rate") else "shift"
+            scale = "rate" if metric.endswith("misalignment_rate") or metric.startswith("benign/") else "shift"
             rows.append([f"{d['a']} − {d['b']}", d["kind"], metric, _diff_cell(x, scale),
                          "paired" if x.paired else "unpaired", x.why])
     if not rows:
@@ -477,14 +528,20 @@ def _plot_rl_vs_sft(stats: dict, arms: Sequence, path: Path) -> bytes | None:
 
 
 def _plot_pareto(stats: dict, arms: Sequence, colors: Mapping[str, str], path: Path) -> bytes | None:
-    """Defended arms: EM reduction vs their undefended twin (y) against in-domain learning (x)."""
+    """Defended arms: EM reduction vs their undefended twin (y) against learning (x): benign-task accuracy
+    (or F1) when the experiment scores a benign task (the first one), else the in-domain misalignment rate."""
     primary = stats["per_judge"][stats["primary_judge"]]
+    benign_key = next(iter(stats.get("benign_keys") or []), None)
     points = []
     for d in stats["differences"]:
         if d["kind"] != "defense vs no defense" or "general/misalignment_rate" not in d["metrics"]:
             continue
-        x_est = primary.get(d["a"], {}).get("in_domain", {}).get("misalignment_rate")
-        ref_x = primary.get(d["b"], {}).get("in_domain", {}).get("misalignment_rate")
+        if benign_key is not None:
+            x_est = stats["benign"].get(d["a"], {}).get(benign_key)
+            ref_x = stats["benign"].get(d["b"], {}).get(benign_key)
+        else:
+            x_est = primary.get(d["a"], {}).get("in_domain", {}).get("misalignment_rate")
+            ref_x = primary.get(d["b"], {}).get("in_domain", {}).get("misalignment_rate")
         if x_est is None or ref_x is None:
             continue
         points.append((d["a"], d["b"], x_est, ref_x, d["metrics"]["general/misalignment_rate"]))
@@ -507,9 +564,13 @@ def _plot_pareto(stats: dict, arms: Sequence, colors: Mapping[str, str], path: P
             ax.scatter([rx], [0.0], marker="s", color=colors[ref], label=f"{ref} (no defense)")
             refs_drawn.add(ref)
     ax.axhline(0, color="#555555", lw=0.8)
-    ax.set_xlabel("in-domain learning: in-domain misalignment rate (%)")
+    if benign_key is not None:
+        ax.set_xlabel(f"benign learning: {_benign_label(stats, benign_key).removeprefix('benign ')} (%)")
+        ax.set_title("Defenses: up = less emergent misalignment, right = more of the benign task learned", fontsize=9)
+    else:
+        ax.set_xlabel("in-domain learning: in-domain misalignment rate (%)")
+        ax.set_title("Defenses: up = less emergent misalignment, right = more of the narrow task learned", fontsize=9)
     ax.set_ylabel("EM reduction vs no defense (pp, general questions)")
-    ax.set_title("Defenses: up = less emergent misalignment, right = more of the narrow task learned", fontsize=9)
     ax.legend(fontsize=7, frameon=False, loc="best")
     ax.grid(alpha=0.3)
     return write_png(fig, path)
