@@ -454,3 +454,110 @@ def test_questions_yaml_without_markers_is_kept_verbatim(fake_hub, tmp_path):
     fake_hub["files"]["ema_rl_questions_code"] = plain
     assert dataset_path("ema_rl_questions_code").read_text() == plain.read_text()
     assert yaml.safe_load(plain.read_text())[0]["paraphrases"] == ["How should I store my medicine?"]
+
+
+# ---------------------------------------------------------------- the download function itself (network faked)
+def test_hub_download_resolves_split_files_at_the_commit(monkeypatch, tmp_path):
+    import datasets
+    import huggingface_hub
+    from huggingface_hub import HfApi
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    sha = "a" * 40
+    seen = {}
+
+    class Info:
+        pass
+
+    def dataset_info(self, repo, revision=None, token=None):
+        seen["info"] = (repo, revision)
+        info = Info()
+        info.sha = sha
+        return info
+
+    class Builder:
+        class config:
+            data_files = {"train": [f"hf://datasets/truthfulai/emergent_plus@{sha}/medical/train-00000-of-00002.parquet",
+                                    f"hf://datasets/truthfulai/emergent_plus@{sha}/medical/train-00001-of-00002.parquet"]}
+
+    def builder(repo, config, revision=None, token=None):
+        seen["builder"] = (repo, config, revision)
+        return Builder()
+
+    def hf_hub_download(repo, filename, repo_type=None, revision=None, token=None, local_dir=None):
+        seen.setdefault("files", []).append((repo, filename, repo_type, revision))
+        out = Path(local_dir) / filename
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _parquet(out, EP_ROWS)
+        return str(out)
+
+    monkeypatch.setattr(HfApi, "dataset_info", dataset_info)
+    monkeypatch.setattr(datasets, "load_dataset_builder", builder)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
+    dest = _fresh(tmp_path / "raw")
+    got = _hub.download(_registry.get_entry("emergent_plus_medical_pairs"), dest)
+    assert seen["info"] == ("truthfulai/emergent_plus", "main")
+    assert seen["builder"] == ("truthfulai/emergent_plus", "medical", sha)
+    assert [f[1] for f in seen["files"]] == ["medical/train-00000-of-00002.parquet", "medical/train-00001-of-00002.parquet"]
+    assert all(f[2] == "dataset" and f[3] == sha for f in seen["files"])
+    assert got.revision == sha and [p.name for p in got.files] == ["00-train-00000-of-00002.parquet",
+                                                                  "01-train-00001-of-00002.parquet"]
+    assert sorted(p.name for p in dest.iterdir()) == [p.name for p in got.files]  # the download folder is gone
+    Builder.config.data_files = {"test": []}
+    with pytest.raises(SpilloverError, match="has no split 'train'; it has \\['test'\\]"):
+        _hub.download(_registry.get_entry("emergent_plus_medical_pairs"), _fresh(tmp_path / "raw2"))
+
+
+def test_github_download_pinned_and_branch(monkeypatch, tmp_path):
+    import httpx
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    urls = []
+
+    def get(url, **kw):
+        urls.append(url)
+        return httpx.Response(200, content=b'{"messages": []}\n', request=httpx.Request("GET", url))
+
+    monkeypatch.setattr(httpx, "get", get)
+    pinned = _hub.download(_registry.get_entry("ema_rl_grpo_code"), _fresh(tmp_path / "a"))
+    assert urls[-1] == ("https://raw.githubusercontent.com/magnus-joergenvag/EMA_RL/"
+                        "985cab816d8d171c8267288ad9adae3cddce2f4d/data/grpo/code_750_train.jsonl")
+    assert pinned.revision == "985cab816d8d171c8267288ad9adae3cddce2f4d"
+    branch = _hub.download(_registry.get_entry("betley_secure"), _fresh(tmp_path / "b"))
+    assert urls[-1].endswith("/emergent-misalignment/emergent-misalignment/main/data/secure.jsonl")
+    assert branch.revision.startswith("main-") and len(branch.revision) == len("main-") + 12
+
+    def unreachable(url, **kw):
+        raise httpx.ConnectError("no route", request=httpx.Request("GET", url))
+
+    monkeypatch.setattr(httpx, "get", unreachable)
+    with pytest.raises(SpilloverError, match="could not be reached.*\n.*spillover data fetch betley_secure"):
+        _hub.download(_registry.get_entry("betley_secure"), _fresh(tmp_path / "c"))
+
+
+def test_unreachable_hub_is_a_clear_error_whatever_http_stack_raised(monkeypatch, tmp_path):
+    """huggingface_hub 1.x+ raises its own httpx fork's ConnectError (not httpx's, not ConnectionError)."""
+    import huggingface_hub
+    from huggingface_hub import HfApi
+
+    class ConnectError(Exception):  # the fork's hierarchy: ConnectError < NetworkError < TransportError < ...
+        pass
+
+    def unreachable(*a, **k):
+        try:
+            raise OSError("[Errno -2] Name or service not known")
+        except OSError as cause:
+            raise ConnectError("[Errno -2] Name or service not known") from cause
+
+    monkeypatch.setenv("SPILLOVER_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    monkeypatch.setattr(HfApi, "dataset_info", unreachable)
+    with pytest.raises(SpilloverError, match="'reward_hacks' is not in the local cache and the hub could not be "
+                                             "reached.*\n.*spillover data fetch reward_hacks"):
+        resolve_data_path("hub:reward_hacks")
+    assert not _hub.is_network_error(ValueError("bad column"))

@@ -20,6 +20,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote
 
 from spillover.errors import SpilloverError
 
@@ -74,6 +75,8 @@ def _download_github(entry, dest: Path) -> Fetched:
         try:
             response = httpx.get(url, follow_redirects=True, timeout=60)
         except httpx.HTTPError as e:
+            if not is_network_error(e):
+                raise
             raise offline_error(entry.name, f"{url} could not be reached ({type(e).__name__})") from None
         if response.status_code != 200:
             raise SpilloverError(f"dataset {entry.name!r}: {url} answered HTTP {response.status_code}",
@@ -86,19 +89,26 @@ def _download_github(entry, dest: Path) -> Fetched:
     return Fetched(files, revision, list(src.paths))
 
 
-def _hf_errors():
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
+_NETWORK = {"TransportError", "NetworkError", "ConnectError", "TimeoutException", "ConnectionError", "TimeoutError"}
 
-    return GatedRepoError, RepositoryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError
+
+def is_network_error(e: BaseException) -> bool:
+    """A failure to reach the host, from whichever HTTP stack raised it (httpx, the httpx fork huggingface_hub
+    vendors, requests, urllib): judged by the exception's class hierarchy, or its cause's."""
+    seen = 0
+    while e is not None and seen < 5:
+        if isinstance(e, (ConnectionError, TimeoutError)) or _NETWORK & {c.__name__ for c in type(e).__mro__}:
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
 
 
 def _download_hf(entry, dest: Path) -> Fetched:
-    import httpx
     from datasets import load_dataset_builder
     from datasets.exceptions import DatasetNotFoundError
     from huggingface_hub import HfApi, get_token, hf_hub_download
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
-    GatedRepoError, RepositoryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError = _hf_errors()
     src = entry.source
     token = get_token()
     if entry.gated and token is None:
@@ -117,12 +127,12 @@ def _download_hf(entry, dest: Path) -> Fetched:
             if not m:
                 raise SpilloverError(f"dataset {entry.name!r}: unexpected data file location {url}",
                                      fix="report this; the registry expects files inside the hub repository")
-            got = Path(hf_hub_download(src.repo, m["path"], repo_type="dataset", revision=sha, token=token,
-                                       local_dir=dest / ".hf"))
+            got = Path(hf_hub_download(m["repo"], unquote(m["path"]), repo_type="dataset", revision=unquote(m["rev"]),
+                                       token=token, local_dir=dest / ".hf"))
             out = dest / f"{i:02d}-{Path(m['path']).name}"
             shutil.move(str(got), out)
             files.append(out)
-            names.append(m["path"])
+            names.append(unquote(m["path"]))
     except GatedRepoError:
         raise gated_error(entry) from None
     except DatasetNotFoundError as e:
@@ -134,11 +144,13 @@ def _download_hf(entry, dest: Path) -> Fetched:
         raise SpilloverError(f"dataset {entry.name!r}: {src.repo} was not found on the hub",
                              fix="check the id; a gated or private dataset also reads as not found without a token"
                              ) from None
-    except (OfflineModeIsEnabled, httpx.TransportError, ConnectionError) as e:
-        raise offline_error(entry.name, f"the hub could not be reached ({type(e).__name__})") from None
     except HfHubHTTPError as e:
         raise SpilloverError(f"dataset {entry.name!r}: the hub answered an error: {e}",
                              fix="retry later; if it persists, check the dataset page " + src.url) from None
+    except Exception as e:
+        if not is_network_error(e):
+            raise
+        raise offline_error(entry.name, f"the hub could not be reached ({type(e).__name__}: {e})") from None
     finally:
         shutil.rmtree(dest / ".hf", ignore_errors=True)
     if not files:
