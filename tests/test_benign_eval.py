@@ -195,6 +195,15 @@ def test_experiment_dry_run_shows_a_benign_section_and_a_bad_spec_names_its_line
                     "\nevaluation:\n  benign: ['opswap:tier=1:n=64']\n")
     res = runner.invoke(app, ["run", str(good), "--dry-run"])
     assert res.exit_code == 0, res.output
+    assert "held-out items" in " ".join(res.output.split())
+    from spillover.experiment.runner import preflight
+    from spillover.experiment.spec import load_experiment_config
+
+    missing = tmp_path / "m.yaml"
+    missing.write_text(f"arms:\n  - name: base\nevaluation:\n  benign: ['foqa:{tmp_path}/none.jsonl']\n")
+    with pytest.raises(SpilloverError, match="FoQA file not found"):  # before anything trains
+        preflight(load_experiment_config(missing))
+    assert "FoQA file not found" in preflight(load_experiment_config(missing), strict=False)[0]
     bad = tmp_path / "bad.yaml"
     bad.write_text("arms:\n  - name: base\nevaluation:\n  benign:\n    - 'opswap:tier=1'\n    - 'countdwn:n=3'\n")
     res = runner.invoke(app, ["run", str(bad), "--dry-run"])

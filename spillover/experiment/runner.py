@@ -83,6 +83,10 @@ def preflight(cfg: ExperimentConfig, *, strict: bool = True) -> list[str]:
     soft(question_sets, cfg)
     for ref in cfg.evaluation.probe:
         soft(load_pairs, ref)
+    for b in cfg.evaluation.benign:  # a benign task's file (FoQA, choice items) is read before anything trains
+        from spillover.benign.tasks import eval_items, parse_task_spec
+
+        soft(lambda b=b: eval_items(parse_task_spec(b.task, where="evaluation.benign")))
     ids = [judge_id(j) for j in cfg.evaluation.judges]
     if len(set(ids)) != len(ids):
         raise SpilloverError(f"judges repeat: {ids}", fix="list each judge once")
@@ -290,6 +294,14 @@ def print_plan(cfg: ExperimentConfig, console=None) -> None:
         counts = ", ".join(f"{name}: {len(reqs)} answers" for name, (_, reqs) in question_sets(cfg).items())
     except SpilloverError as e:
         counts = f"questions not loadable here ({e.what.splitlines()[0]})"
+    for b in ev.benign:
+        from spillover.benign.tasks import eval_items, parse_task_spec
+
+        try:
+            n = f"{len(eval_items(parse_task_spec(b.task)))} held-out items"
+        except SpilloverError as e:
+            n = f"not loadable here: {e.what.splitlines()[0]}"
+        counts += f"; benign {b.task}: {n}"
     console.print(f"per evaluated arm and seed: {counts}; judges: {', '.join(j.spec for j in ev.judges)} "
                   f"(first is primary); probe: {', '.join(ev.probe) or 'none'} (base model scored once)")
 
