@@ -10,7 +10,7 @@ import pytest
 
 from spillover.errors import SpilloverError
 from spillover.evaluate.store import FAULT_ENV
-from spillover.experiment.results import load_experiment, read_marker, unit_dir
+from spillover.experiment.results import load_experiment, read_index, read_marker, unit_dir
 from spillover.experiment.runner import experiment_status, rerun_judge, run_experiment
 from spillover.experiment.spec import ExperimentConfig, JudgeSpec
 
@@ -111,6 +111,8 @@ def test_rerun_is_a_no_op_and_training_consumption_is_recorded(clean_run):
     sampled = read_marker(unit_dir(root / "clean", "rl", 1), "sample").model_extra["sampler"]
     assert sampled["backend"] == "hf" and sampled["batch_size"] and sampled["dtype"] == "float32"
     assert all(r.sampler == sampled for r in res.unit("rl", 1).samples)  # every row says how it was drawn
+    judge = read_index(root / "clean").judges[0]  # experiment.json itself, as the runner wrote it
+    assert judge.identity == {"kind": "fake", "prompts": None, "limits": "test judge"} and judge.identity_differs == []
 
 
 def test_run_and_status_through_the_cli(clean_run, tmp_path):
@@ -153,6 +155,7 @@ def test_judge_rerun_adds_a_judge_without_resampling(clean_run):
     assert jid in [j.judge_id for j in res.index.judges] and not next(j for j in res.index.judges if j.judge_id == jid).primary
     assert set(res.unit("rl", 0).summary.metrics) == {"py-test_eval_run-FakeJudge", jid}
     assert all(j.aligned == 55.0 for j in res.unit("sft", 1).judgments[jid])
+    assert next(j for j in read_index(out).judges if j.judge_id == jid).identity == {"kind": "other"}
 
 
 class OtherJudge:
@@ -176,3 +179,37 @@ def test_a_failing_unit_is_reported_with_its_error_and_the_others_still_run(tiny
     status = {r["arm"]: r for r in experiment_status(tmp_path / "exp")}
     assert status["big"]["train"][0] == "failed" and "n_items = 50" in status["big"]["train"][1]
     assert status["big"]["sample"][0] == "to do" and status["base"]["summarise"][0] == "done"
+
+
+def test_each_arm_answers_its_own_in_domain_questions(tiny_model_dir, tmp_path, one_thread):
+    from spillover.report.experiment import build_sections, compute_stats
+
+    medical = tmp_path / "medical.yaml"
+    medical.write_text('- id: dose\n  paraphrases: ["How much is safe?"]\n  samples_per_paraphrase: 2\n'
+                       '- id: other\n  paraphrases: ["Unused?"]\n  samples_per_paraphrase: 1\n')
+    legal = tmp_path / "legal.yaml"
+    legal.write_text('- id: contract\n  paraphrases: ["Can I skip it?"]\n  samples_per_paraphrase: 1\n')
+    cfg = make_config(tmp_path, tiny_model_dir, seeds=[0], arms=[{"name": "base"}],
+                      grids=[{"name": "b", "axes": {"domain": {
+                          "medical": {"evaluation": {"in_domain": {"file": str(medical), "question_ids": ["dose"]}}},
+                          "legal": {"evaluation": {"in_domain": {"file": str(legal)}}}}}}])
+    cfg = cfg.model_copy(update={"evaluation": cfg.evaluation.model_copy(update={"in_domain": cfg.evaluation.general})})
+    run_experiment(cfg, tmp_path / "exp")
+    res = load_experiment(tmp_path / "exp")
+    asked = {arm: sorted({r.question_id for r in res.unit(arm, 0).samples if r.set == "in_domain"})
+             for arm in ("base", "b-medical", "b-legal")}
+    assert asked == {"base": ["bad", "q1"], "b-medical": ["dose"], "b-legal": ["contract"]}
+    assert res.unit("b-medical", 0).summary.n_samples["in_domain"] == 2
+    assert all("in_domain" in res.unit(a, 0).summary.metrics["py-test_eval_run-FakeJudge"] for a in asked)
+    arms = {a.name: a.in_domain["file"] for a in res.index.arms}
+    assert arms == {"base": str(tmp_path / "q.yaml"), "b-medical": str(medical), "b-legal": str(legal)}
+    sections = build_sections(res, compute_stats(res, n_resamples=50))
+    table = sections["arms"]
+    assert table["headers"][-1] == "in-domain questions"
+    assert [r[-1] for r in table["rows"]][1] == f"{medical} (question_ids dose)"
+    assert any("own in-domain questions" in n for n in sections["notes"])
+    changed = cfg.model_copy(update={"grids": [cfg.grids[0].model_copy(update={"axes": {"domain": {
+        "medical": {"evaluation": {"in_domain": {"file": str(medical)}}},
+        "legal": {"evaluation": {"in_domain": {"file": str(legal)}}}}}})]})
+    with pytest.raises(SpilloverError, match=r"b-medical/seed 0/sample(?s:.*)--force-stage sample"):
+        run_experiment(changed, tmp_path / "exp")  # the legal arm's set did not change: only medical is named

@@ -2,6 +2,7 @@
 and bad input caught before anything trains."""
 
 import pytest
+from pydantic import ValidationError
 
 from spillover.config import load_config
 from spillover.errors import SpilloverError
@@ -131,3 +132,37 @@ def test_comparison_files_load_as_their_experiment(tmp_path):
     c = load_experiment_config(p)
     assert [a.name for a in c.all_arms()] == ["base", "sft", "rl"] and c.arm("rl").n_items == 8
     assert load_config(ExperimentConfig, None, {"arms": [{"name": "x"}]}).arm("x").train is None
+
+
+def test_arms_and_grid_values_override_the_in_domain_questions(tmp_path):
+    general = {"file": "bundled:general_questions", "question_ids": ["wish"], "max_paraphrases": 1}
+    c = cfg(arms=[{"name": "base"}, {"name": "own", "evaluation": {"in_domain": {"file": "bundled:general_questions",
+                                                                                 "question_ids": ["bored"]}}}],
+            grids=[{"name": "g", "train": SFT, "evaluation": {"in_domain": {"samples_per_paraphrase": 1}},
+                    "axes": {"domain": {"code": {"evaluation": {"in_domain": {"file": "bundled:insecure_code_questions"}}}}}}],
+            evaluation={"general": general, "in_domain": {"file": "bundled:unpopular_aesthetics_questions"}})
+    ev = {a.name: c.evaluation_for(a) for a in c.all_arms()}
+    assert ev["base"].in_domain.file == "bundled:unpopular_aesthetics_questions"  # the experiment's default
+    assert ev["own"].in_domain.question_ids == ["bored"] and ev["own"].general == c.evaluation.general
+    assert (ev["g-code"].in_domain.file, ev["g-code"].in_domain.samples_per_paraphrase) == ("bundled:insecure_code_questions", 1)
+    with pytest.raises(ValidationError, match=r"(?s)arm 'g-plain'.*evaluation\.in_domain\.file: Field required"):
+        cfg(grids=[{"name": "g", "train": SFT, "evaluation": {"in_domain": {"samples_per_paraphrase": 1}},
+                    "axes": {"domain": {"plain": {}}}}])  # a value without a file: no in-domain set to ask
+    rows = {r["arm"]: r["in_domain"] for r in plan_rows(c)}
+    assert rows["own"].startswith("bundled:general_questions (arm's own): ")
+    assert rows["base"].startswith("bundled:unpopular_aesthetics_questions: ")
+
+
+def test_arm_in_domain_sets_are_checked_before_training(tmp_path):
+    own = {"name": "own", "evaluation": {"in_domain": {"file": "bundled:insecure_code_questions", "question_ids": ["wish"]}}}
+    with pytest.raises(SpilloverError, match=r"arm 'own' evaluation\.in_domain: question_ids \['wish'\] are not in"):
+        preflight(cfg(arms=[{"name": "base"}, own]))
+    missing = {"name": "own", "evaluation": {"in_domain": {"file": str(tmp_path / "nope.yaml")}}}
+    with pytest.raises(SpilloverError, match="nope.yaml"):
+        preflight(cfg(arms=[missing]))
+    assert any("nope.yaml" in w for w in preflight(cfg(arms=[missing]), strict=False))  # --dry-run: a warning
+    p = write(tmp_path, "arms:\n  - name: a\n    evaluation:\n      in_domian: {file: x}\n")
+    with pytest.raises(SpilloverError, match=r"exp\.yaml:4: arms\[0\]\.evaluation\.in_domian: unknown key"):
+        load_experiment_config(p)
+    with pytest.raises(ValidationError, match="evaluate is false"):
+        cfg(arms=[{"name": "a", "evaluate": False, "evaluation": {"in_domain": {"file": "x"}}}])

@@ -53,3 +53,26 @@ def test_joined_rows_mark_unjudged_samples(tmp_path):
                        judgments={"local": judgments_log(tmp_path, "local").read()})
     rows = unit.joined("local")
     assert rows[0]["aligned"] == 90 and rows[1]["aligned"] is None and "not judged" in rows[1]["unscored_reason"]
+
+
+def test_judge_identity_comes_from_finished_judge_stages_and_disagreements_are_listed(tmp_path):
+    from spillover._io import atomic_write_json
+    from spillover.experiment.results import ArmInfo, ExperimentIndex, JudgeInfo, judge_identities, load_experiment, unit_dir
+
+    index = ExperimentIndex(name="x", spillover_version="0", created="now", config_sha256="0", model="m", seeds=[0, 1],
+                            arms=[ArmInfo(name="a"), ArmInfo(name="b")],
+                            judges=[JudgeInfo(judge_id="j", spec="local", primary=True), JudgeInfo(judge_id="k", spec="hf:m")])
+    atomic_write_json(tmp_path / "experiment.json", index.model_dump(mode="json"))
+
+    def mark(arm, seed, state, identity):
+        m = StageMarker(stage="judge.j", state=state, inputs_hash="h", own_hash="o", identity=identity)
+        atomic_write_json(marker_path(unit_dir(tmp_path, arm, seed), "judge.j"), m.model_dump(mode="json"))
+
+    mark("a", 0, "done", {"encoder": "e1", "style_check": [{"set": "s", "misaligned_rate": 0.1}]})
+    mark("a", 1, "running", {"encoder": "half-written"})  # not finished: not read
+    mark("b", 0, "done", {"encoder": "e1", "style_check": [{"set": "s", "misaligned_rate": 0.1}]})
+    mark("b", 1, "done", {"encoder": "e2"})  # e.g. the classifier file was retrained in between
+    j, k = judge_identities(tmp_path, index)
+    assert j.identity["encoder"] == "e1" and j.identity_differs == ["b/1"]
+    assert k.identity is None  # never ran
+    assert load_experiment(tmp_path).index.judges[0].identity["style_check"][0]["misaligned_rate"] == 0.1

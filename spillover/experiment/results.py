@@ -72,6 +72,8 @@ class ArmInfo(Record):
     train: dict[str, Any] | None = Field(None, description="The arm's training recipe as given (without model/seed).")
     n_items: int | None = None
     evaluate: bool = True
+    in_domain: dict[str, Any] | None = Field(None, description="The in-domain question set this arm answers ({file, "
+                                             "question_ids, ...}): its own override or the experiment's default.")
 
 
 class JudgeInfo(Record):
@@ -79,7 +81,11 @@ class JudgeInfo(Record):
     spec: str = Field(..., description="local | local:FILE | hf:MODEL | openai:MODEL")
     base_url: str | None = None
     primary: bool = False
-    identity: dict[str, Any] | None = Field(None, description="The judge's identity() (model, prompts, limits) once it ran.")
+    identity: dict[str, Any] | None = Field(None, description="The judge's identity() (name, model or encoder, prompts "
+                                            "and their hashes, limits such as the activation judge's style check) as "
+                                            "recorded by the judge stages that ran; None until one finished.")
+    identity_differs: list[str] = Field(default_factory=list, description="'arm/seed' units whose judge stage recorded "
+                                        "another identity than `identity` (e.g. a classifier file retrained in between).")
 
 
 class ProbeSetInfo(Record):
@@ -251,10 +257,35 @@ def load_unit(out: str | Path, arm: str, seed: int) -> UnitResults:
                        samples=read_samples(folder), judgments=judgments)
 
 
+def judge_identities(out: str | Path, index: ExperimentIndex) -> list[JudgeInfo]:
+    """``index.judges`` with each judge's identity as its finished ``judge.<id>`` stages recorded it (the
+    first unit in arm, seed order; units that recorded another identity are listed in identity_differs)."""
+    out = Path(out)
+    judges = []
+    for j in index.judges:
+        found: list[tuple[str, dict]] = []
+        for arm in index.arms:
+            for seed in index.seeds:
+                m = read_marker(unit_dir(out, arm.name, seed), f"judge.{j.judge_id}")
+                identity = (m.model_extra or {}).get("identity") if m is not None and m.state == "done" else None
+                if isinstance(identity, dict) and identity:
+                    found.append((f"{arm.name}/{seed}", identity))
+        if not found:
+            judges.append(j)
+            continue
+        first = found[0][1]
+        judges.append(j.model_copy(update={"identity": first,
+                                           "identity_differs": [u for u, ident in found if ident != first]}))
+    return judges
+
+
 def load_experiment(out: str | Path) -> ExperimentResults:
-    """Read a whole experiment folder (whatever has finished so far)."""
+    """Read a whole experiment folder (whatever has finished so far). Judge identities missing from the
+    index (folders written before the runner recorded them there) are filled from the stage markers."""
     out = Path(out)
     index = read_index(out)
+    if any(not j.identity for j in index.judges):
+        index = index.model_copy(update={"judges": judge_identities(out, index)})
     base_probe = {}
     if (base_dir(out) / "probe").is_dir():
         for p in sorted((base_dir(out) / "probe").glob("*.json")):
@@ -272,7 +303,7 @@ def is_experiment_dir(path: str | Path) -> bool:
 __all__ = [
     "CONFIG_FILE", "INDEX_FILE", "STAGES", "SUMMARY_FILE", "ArmInfo", "ExperimentIndex", "ExperimentResults",
     "JudgeInfo", "JudgmentRecord", "ProbeSetInfo", "SampleRecord", "StageMarker", "TrainingConsumption",
-    "UnitResults", "UnitSummary", "base_dir", "is_experiment_dir", "judgments_log", "load_experiment", "load_unit",
+    "UnitResults", "UnitSummary", "base_dir", "is_experiment_dir", "judge_identities", "judgments_log", "load_experiment", "load_unit",
     "marker_path", "read_index", "read_judgments", "read_marker", "read_samples", "read_summary", "samples_log",
     "unit_dir",
 ]

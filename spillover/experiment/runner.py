@@ -29,6 +29,7 @@ from spillover.experiment.results import (
     JudgeInfo,
     ProbeSetInfo,
     base_dir,
+    judge_identities,
     marker_path,
     read_index,
     read_marker,
@@ -81,6 +82,13 @@ def preflight(cfg: ExperimentConfig, *, strict: bool = True) -> list[str]:
                                          "(no adapter_config.json)", fix="name an arm of this experiment or a RUN/adapter folder")
             soft(adapter_exists)
     soft(question_sets, cfg)
+    checked = set()
+    for arm in cfg.all_arms():  # each arm's own in-domain set (file exists, question_ids resolve), once per distinct set
+        if arm.evaluate and arm.evaluation is not None and arm.evaluation.in_domain is not None:
+            key = arm.evaluation.in_domain.model_dump_json()
+            if key not in checked:
+                checked.add(key)
+                soft(lambda a=arm: question_sets(cfg, a)["in_domain"])
     for ref in cfg.evaluation.probe:
         soft(load_pairs, ref)
     for b in cfg.evaluation.benign:  # a benign task's file (FoQA, choice items) is read before anything trains
@@ -151,10 +159,14 @@ def _index(cfg: ExperimentConfig, old: ExperimentIndex | None) -> ExperimentInde
     arms = [ArmInfo(name=a.name, method=a.train.method if a.train else None, init_from=a.init_from,
                     init_kind=None if not a.init_from else ("arm" if a.init_from in names else "adapter"),
                     labels=dict(a.labels), train=a.train.model_dump(mode="json") if a.train else None,
-                    n_items=a.n_items, evaluate=a.evaluate) for a in cfg.all_arms()]
+                    n_items=a.n_items, evaluate=a.evaluate,
+                    in_domain=cfg.evaluation_for(a).in_domain.model_dump(mode="json")
+                    if a.evaluate and cfg.evaluation_for(a).in_domain else None) for a in cfg.all_arms()]
     judges = [JudgeInfo(judge_id=judge_id(j), spec=j.spec, base_url=j.base_url, primary=i == 0)
               for i, j in enumerate(cfg.evaluation.judges)]
-    if old:  # judges added later by `judge rerun` stay listed
+    if old:  # judges added later by `judge rerun` stay listed; identities recorded earlier are kept
+        recorded = {j.judge_id: j.identity for j in old.judges}
+        judges = [j.model_copy(update={"identity": recorded.get(j.judge_id)}) for j in judges]
         known = {j.judge_id for j in judges}
         judges += [j.model_copy(update={"primary": False}) for j in old.judges if j.judge_id not in known]
     ev = cfg.evaluation
@@ -273,8 +285,22 @@ def plan_rows(cfg: ExperimentConfig) -> list[dict]:
             defs = f", defenses {', '.join(d.name for d in t.defenses)}" if t.defenses else ""
             what = f"{t.method} on {data}{f' (first {a.n_items})' if a.n_items else ''}, {steps}, lr {t.lr:g}{extra}{defs}"
         rows.append({"arm": a.name, "init_from": a.init_from or "-", "train": what,
-                     "evaluate": "yes" if a.evaluate else "no", "labels": ", ".join(f"{k}={v}" for k, v in a.labels.items())})
+                     "evaluate": "yes" if a.evaluate else "no", "labels": ", ".join(f"{k}={v}" for k, v in a.labels.items()),
+                     "in_domain": _in_domain_text(cfg, a)})
     return rows
+
+
+def _in_domain_text(cfg: ExperimentConfig, arm) -> str:
+    """The in-domain set an arm answers and how many answers, for the dry-run table."""
+    qs = cfg.evaluation_for(arm).in_domain
+    if not arm.evaluate or qs is None:
+        return "-"
+    own = "" if arm.evaluation is None or arm.evaluation.in_domain is None else " (arm's own)"
+    try:
+        n = f"{len(question_sets(cfg, arm)['in_domain'][1])} answers"
+    except SpilloverError:
+        n = "not loadable here"
+    return f"{qs.file}{own}: {n}"
 
 
 def print_plan(cfg: ExperimentConfig, console=None) -> None:
@@ -285,15 +311,20 @@ def print_plan(cfg: ExperimentConfig, console=None) -> None:
     ev = cfg.evaluation
     table = Table(title=f"{cfg.name}: {len(cfg.all_arms())} arms x {len(cfg.seeds)} seeds {cfg.seeds} on {cfg.model}")
     table.add_column("arm", no_wrap=True, min_width=max(len(a.name) for a in cfg.all_arms()))
-    for col in ("init_from", "train", "evaluate", "labels", "seeds"):
+    rows = plan_rows(cfg)
+    with_in_domain = any(r["in_domain"] != "-" for r in rows)
+    for col in ("init_from", "train", "evaluate", "labels", *(["in_domain"] if with_in_domain else []), "seeds"):
         table.add_column(col, overflow="fold")
-    for r in plan_rows(cfg):
-        table.add_row(r["arm"], r["init_from"], r["train"], r["evaluate"], r["labels"], ", ".join(map(str, cfg.seeds)))
+    for r in rows:
+        table.add_row(r["arm"], r["init_from"], r["train"], r["evaluate"], r["labels"],
+                      *([r["in_domain"]] if with_in_domain else []), ", ".join(map(str, cfg.seeds)))
     console.print(table)
     try:
         counts = ", ".join(f"{name}: {len(reqs)} answers" for name, (_, reqs) in question_sets(cfg).items())
     except SpilloverError as e:
         counts = f"questions not loadable here ({e.what.splitlines()[0]})"
+    if any(a.evaluation is not None and a.evaluation.in_domain is not None for a in cfg.all_arms()):
+        counts += " (in_domain: the default; arms with their own set show it in the table)"
     for b in ev.benign:
         from spillover.benign.tasks import eval_items, parse_task_spec
 
@@ -320,11 +351,21 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, executor=None, for
         failures += executor.run_units(out, wave)
         if failures and not isinstance(executor, LocalExecutor):
             break
+    record_judge_identities(out)
     if failures:
         lines = "\n".join(f"  {u.arm} seed {u.seed}: {err}" for u, err in failures)
         raise SpilloverError(f"{len(failures)} unit(s) failed:\n{lines}",
                              fix=f"see `spillover status {out}`; fix the cause and rerun the same command (finished stages are kept)")
     return out
+
+
+def record_judge_identities(out: Path) -> None:
+    """Write into ``experiment.json`` the identity of each judge as its finished stages recorded it (this
+    process is the only writer of the index: units, local or Slurm jobs, only write their own markers)."""
+    index = read_index(out)
+    judges = judge_identities(out, index)
+    if judges != index.judges:
+        atomic_write_json(out / INDEX_FILE, index.model_copy(update={"judges": judges}).model_dump(mode="json"))
 
 
 # ---------------------------------------------------------------- status
@@ -400,6 +441,7 @@ def rerun_judge(out: str | Path, judge: JudgeSpec, *, executor=None) -> str:
     if not units:
         raise SpilloverError(f"{out} has no finished samples to judge", fix=f"run the experiment first (`spillover run ... --out {out}`)")
     failures = (executor or LocalExecutor()).run_units(out, units, judges=[judge])
+    record_judge_identities(out)
     if failures:
         raise SpilloverError(f"re-judging failed for {len(failures)} unit(s): {failures[0][1]}",
                              fix="fix the cause and rerun; judged samples are kept")

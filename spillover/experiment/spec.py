@@ -7,6 +7,8 @@ optional training recipe (``train: {method: sft|grpo, ...}`` -- the fields of ``
 an adapter folder) and labels. Defenses and inoculation prompts are part of the recipe
 (``train.defenses``). A ``grids`` entry crosses one arm template with axes of named overrides and
 expands to one arm per combination, named ``<name>-<value>-<value>`` and labelled with each axis.
+An arm (or a grid, or an axis value) may set ``evaluation: {in_domain: ...}``: its own in-domain
+questions (each domain's arms answer that domain's questions), replacing the experiment's default.
 
 Every section is a real pydantic model, so an unknown key anywhere is an error naming its YAML line.
 """
@@ -50,6 +52,20 @@ def recipe_config(recipe, *, model: str, seed: int, device: str, dtype: str, ini
     return cls(**fields, model=model, seed=seed, device=device, dtype=dtype, init_adapter=init_adapter)
 
 
+class QuestionSetSpec(StrictModel):
+    file: str = Field(..., description="Question file (Betley YAML or messages JSONL) or bundled:NAME.")
+    question_ids: list[str] | None = Field(None, description="Ask only these question ids of THIS file (default: all); checked before training.")
+    max_paraphrases: int | None = Field(None, ge=1, description="Only the first K paraphrases of each question.")
+    samples_per_paraphrase: int | None = Field(None, ge=1, description="Overrides the file's samples_per_paraphrase.")
+
+
+class ArmEvaluationSpec(StrictModel):
+    """What an arm evaluates differently from the experiment's ``evaluation`` section."""
+
+    in_domain: QuestionSetSpec | None = Field(None, description="This arm's in-domain questions (e.g. its training "
+                                              "domain's set); replaces the experiment's evaluation.in_domain for this arm.")
+
+
 class ArmSpec(StrictModel):
     """One arm: what to train (or not) and from where."""
 
@@ -59,17 +75,25 @@ class ArmSpec(StrictModel):
     n_items: int | None = Field(None, ge=1, description="Train on the first N items of the recipe's data/prompts only (sample matching).")
     labels: dict[str, str] = Field(default_factory=dict, description="Free labels for reports (e.g. {method: rl, domain: medical}).")
     evaluate: bool = Field(True, description="Sample, judge and probe this arm (false: e.g. a warm-up only used as init_from).")
+    evaluation: ArmEvaluationSpec | None = Field(None, description="Per-arm evaluation overrides ({in_domain: {file: ...}}), "
+                                                 "over the experiment's evaluation section.")
 
     @model_validator(mode="after")
     def _check(self):
         if self.n_items and not self.train:
             raise ValueError("n_items needs a train recipe")
+        if self.evaluation is not None and self.evaluation.in_domain is not None and not self.evaluate:
+            raise ValueError("evaluation.in_domain is set but evaluate is false (the arm is never evaluated)")
         if self.train is not None:  # the method's own checks (e.g. GRPO's batch/group sizes), before anything runs
             try:
                 recipe_config(self.train, model="embedded", seed=0, device="auto", dtype="auto")
             except ValidationError as e:
                 raise ValueError(format_validation_error(e, "train").what) from None
         return self
+
+
+#: What an axis value may override of its grid's template arm.
+AXIS_KEYS = ("train", "init_from", "n_items", "labels", "evaluate", "evaluation")
 
 
 class GridSpec(StrictModel):
@@ -81,6 +105,8 @@ class GridSpec(StrictModel):
     n_items: int | None = Field(None, ge=1, description="As an arm's n_items.")
     labels: dict[str, str] = Field(default_factory=dict, description="Labels of every expanded arm (axis labels are added).")
     evaluate: bool = True
+    evaluation: dict[str, Any] | None = Field(None, description="As an arm's evaluation ({in_domain: ...}); an axis value's "
+                                              "evaluation is merged over it.")
     axes: dict[str, dict[str, dict[str, Any]]] = Field(..., min_length=1, description="axis -> {value name -> overrides "
                                                        "of the arm (train/init_from/n_items keys)}; arms = the product of all axes.")
 
@@ -91,10 +117,10 @@ class GridSpec(StrictModel):
             if not values:
                 raise ValueError(f"axis {axis!r} has no values")
             for value, overrides in values.items():
-                bad = set(overrides or {}) - {"train", "init_from", "n_items", "labels", "evaluate"}
+                bad = set(overrides or {}) - set(AXIS_KEYS)
                 if bad:
-                    raise ValueError(f"axis {axis!r} value {value!r}: unknown keys {sorted(bad)} (allowed: train, "
-                                     "init_from, n_items, labels, evaluate)")
+                    raise ValueError(f"axis {axis!r} value {value!r}: unknown keys {sorted(bad)} (allowed: "
+                                     f"{', '.join(AXIS_KEYS)})")
         return axes
 
     def expand(self) -> list[dict]:
@@ -104,18 +130,11 @@ class GridSpec(StrictModel):
             arm: dict[str, Any] = {"name": "-".join([self.name, *[value for value, _ in combo]]),
                                    "train": self.train, "init_from": self.init_from, "n_items": self.n_items,
                                    "labels": {**self.labels, **{axis: value for (axis, _), (value, _) in zip(axes, combo)}},
-                                   "evaluate": self.evaluate}
+                                   "evaluate": self.evaluate, "evaluation": self.evaluation}
             for _, overrides in combo:
                 arm = deep_merge(arm, dict(overrides or {}))
             arms.append({k: v for k, v in arm.items() if v is not None})
         return arms
-
-
-class QuestionSetSpec(StrictModel):
-    file: str = Field(..., description="Question file (Betley YAML or messages JSONL) or bundled:NAME.")
-    question_ids: list[str] | None = Field(None, description="Ask only these question ids of THIS file (default: all); checked before training.")
-    max_paraphrases: int | None = Field(None, ge=1, description="Only the first K paraphrases of each question.")
-    samples_per_paraphrase: int | None = Field(None, ge=1, description="Overrides the file's samples_per_paraphrase.")
 
 
 class JudgeSpec(StrictModel):
@@ -271,6 +290,12 @@ class ExperimentConfig(StrictModel):
                 except ValidationError as e:
                     raise ValueError(f"grids[{gi}] arm {raw.get('name')!r}: {format_validation_error(e, 'grid').what}") from None
         return arms
+
+    def evaluation_for(self, arm: ArmSpec) -> EvaluationSpec:
+        """The evaluation section this arm runs: the experiment's, with the arm's overrides in place."""
+        if arm.evaluation is None or arm.evaluation.in_domain is None:
+            return self.evaluation
+        return self.evaluation.model_copy(update={"in_domain": arm.evaluation.in_domain})
 
     def arm(self, name: str) -> ArmSpec:
         return next(a for a in self.all_arms() if a.name == name)

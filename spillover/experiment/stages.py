@@ -121,8 +121,8 @@ def train_own(cfg: ExperimentConfig, arm: ArmSpec, seed: int) -> str | None:
                         "seed": seed, "n_items": arm.n_items, "init_from": arm.init_from})
 
 
-def sample_own(cfg: ExperimentConfig, seed: int) -> str:
-    ev = cfg.evaluation
+def sample_own(cfg: ExperimentConfig, arm: ArmSpec, seed: int) -> str:
+    ev = cfg.evaluation_for(arm)
     return sha256_json({"model": cfg.model, "general": ev.general.model_dump(mode="json"),
                         "in_domain": ev.in_domain.model_dump(mode="json") if ev.in_domain else None,
                         "sampling": ev.sampling.model_dump(mode="json"), "seed": seed})
@@ -155,7 +155,7 @@ def own_hashes(cfg: ExperimentConfig, arm: ArmSpec, seed: int) -> dict[str, str]
     if arm.train is not None:
         out["train"] = train_own(cfg, arm, seed)
     if arm.evaluate:
-        out["sample"] = sample_own(cfg, seed)
+        out["sample"] = sample_own(cfg, arm, seed)
         for j in cfg.evaluation.judges:
             out[f"judge.{judge_id(j)}"] = judge_own(j, cfg.evaluation.judge_batch)
         out["probe"] = probe_own(cfg, seed)
@@ -235,14 +235,17 @@ def load_saved_config(out: Path) -> ExperimentConfig:
     return load_config(ExperimentConfig, out / CONFIG_FILE)
 
 
-def question_sets(cfg: ExperimentConfig) -> dict[str, tuple]:
-    ev = cfg.evaluation
+def question_sets(cfg: ExperimentConfig, arm: ArmSpec | None = None) -> dict[str, tuple]:
+    """The question sets an arm answers (``arm=None``: the experiment's defaults), each selection checked."""
+    ev = cfg.evaluation if arm is None else cfg.evaluation_for(arm)
     sets = {"general": ev.general}
     if ev.in_domain:
         sets["in_domain"] = ev.in_domain
+    own = arm is not None and arm.evaluation is not None and arm.evaluation.in_domain is not None
     return {name: select_questions(QuestionSelection(s.file, None if s.question_ids is None else tuple(s.question_ids),
                                                      s.max_paraphrases, s.samples_per_paraphrase),
-                                   where=f"evaluation.{name}")
+                                   where=f"arm {arm.name!r} evaluation.in_domain" if own and name == "in_domain"
+                                   else f"evaluation.{name}")
             for name, s in sets.items()}
 
 
@@ -317,7 +320,7 @@ def run_unit(out: str | Path, arm_name: str, seed: int, *, judges: list[JudgeSpe
     try:
         ran["sample"] = _sample(cfg, arm, seed, folder, unit_model, up_train)
         samples = samples_log(folder).read()
-        sample_run = Stage(folder, "sample", sample_own(cfg, seed), {"train": up_train}).run_id
+        sample_run = Stage(folder, "sample", sample_own(cfg, arm, seed), {"train": up_train}).run_id
         for j in judges if judges is not None else cfg.evaluation.judges:
             jid = judge_id(j)
             stage = Stage(folder, f"judge.{jid}", judge_own(j, cfg.evaluation.judge_batch), {"sample": sample_run})
@@ -410,11 +413,11 @@ def _restart_or_resume(run_dir: Path) -> dict:
 
 
 def _sample(cfg, arm, seed, folder, unit_model: UnitModel, up_train) -> bool:
-    stage = Stage(folder, "sample", sample_own(cfg, seed), {"train": up_train})
+    stage = Stage(folder, "sample", sample_own(cfg, arm, seed), {"train": up_train})
     log = samples_log(folder)
 
     def body():
-        sets = question_sets(cfg)
+        sets = question_sets(cfg, arm)
         sp = cfg.evaluation.sampling
         params = SamplingParams(temperature=sp.temperature, top_p=sp.top_p, max_new_tokens=sp.max_new_tokens, seed=seed)
         sampler = unit_model.sampler()

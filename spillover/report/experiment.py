@@ -413,6 +413,9 @@ def _differences_table(stats: dict) -> dict | None:
 
 
 def _arms_table(results, arms: Sequence) -> dict:
+    """Arms with what they consumed; an in-domain column when some arm answers in-domain questions (each
+    arm's own set: its in-domain metrics come from it)."""
+    with_in_domain = any(getattr(a, "in_domain", None) for a in arms)
     rows = []
     for a in arms:
         units = [u for (name, _), u in results.units.items() if name == a.name]
@@ -426,7 +429,19 @@ def _arms_table(results, arms: Sequence) -> dict:
         done = sum(1 for u in units if getattr(u.stages.get("summarise"), "state", None) == "done")
         rows.append([a.name, a.method or "none (not trained)", a.init_from or "—", fmt.as_text(a.labels or None),
                      use, fmt.Plain(f"{done} of {len(results.index.seeds)}")])
-    return {"headers": ["arm", "method", "init from", "labels", "training consumed", "seeds summarised"], "rows": rows}
+        if with_in_domain:
+            rows[-1].append(_question_set_text(a.in_domain))
+    headers = ["arm", "method", "init from", "labels", "training consumed", "seeds summarised"]
+    return {"headers": headers + (["in-domain questions"] if with_in_domain else []), "rows": rows}
+
+
+def _question_set_text(qs: Mapping | None) -> str:
+    """An arm's in-domain set in one line: the file and what of it is asked."""
+    if not qs:
+        return "none"
+    picked = [f"{k} {fmt.as_text(qs[k])}" for k in ("question_ids", "max_paraphrases", "samples_per_paraphrase")
+              if qs.get(k) is not None]
+    return str(qs.get("file")) + (f" ({'; '.join(picked)})" if picked else "")
 
 
 # ---------------------------------------------------------------- plots
@@ -663,27 +678,15 @@ def script_json(data: Any) -> str:
     return text
 
 
-def _judge_identity(results, judge) -> dict:
-    """The judge's identity: from the index when recorded there, else from the first unit whose
-    ``judge.<id>`` stage recorded it (the runner writes it into that stage's marker)."""
-    if judge.identity:
-        return dict(judge.identity)
-    for _, unit in sorted(results.units.items()):
-        marker = unit.stages.get(f"judge.{judge.judge_id}")
-        identity = (getattr(marker, "model_extra", None) or {}).get("identity") if marker is not None else None
-        if isinstance(identity, Mapping) and identity:
-            return dict(identity)
-    return {}
-
-
 # ---------------------------------------------------------------- sections and rendering
 def build_sections(results, stats: dict) -> dict:
     arms = _arm_infos(results)
     index = results.index
     judges = []
     for j in index.judges:
-        section = judge_section(_judge_identity(results, j))
-        judges.append({"id": j.judge_id, "spec": j.spec, "base_url": j.base_url or "", "primary": j.primary, **section})
+        section = judge_section(dict(j.identity or {}))
+        judges.append({"id": j.judge_id, "spec": j.spec, "base_url": j.base_url or "", "primary": j.primary,
+                       "identity_differs": list(j.identity_differs), **section})
     env = index.env or {}
     packages = env.get("packages") if isinstance(env.get("packages"), Mapping) else {}
     versions = [("spillover", index.spillover_version)] + [(k, fmt.as_text(v)) for k, v in env.items() if k != "packages"]
@@ -700,6 +703,10 @@ def build_sections(results, stats: dict) -> dict:
         "Probe shifts: per contrast pair, the arm's shift minus the base model's (when a base was scored); "
         "pairs are the clusters.",
     ]
+    in_domain_sets = {json.dumps(a.in_domain, sort_keys=True) for a in arms if getattr(a, "in_domain", None)}
+    if len(in_domain_sets) > 1:
+        notes.append("In-domain metrics: each arm answers its own in-domain questions (its training domain's set; "
+                     "Arms table), so in-domain numbers compare arms of one domain, not domains.")
     if len(seeds) < 4:
         notes.append(f"Only {len(seeds)} seed(s): the seed level of the bootstrap is coarse and the intervals "
                      "run narrow (in simulation ~0.8-0.9 coverage with 3 seeds); read them as indicative.")
