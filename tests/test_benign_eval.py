@@ -169,6 +169,8 @@ def test_eval_benign_bad_spec_fails_before_loading_a_model(tmp_path):
     res = runner.invoke(app, ["eval", "--benign", "foqa:missing.jsonl", "--model", "no-such-model", "--out",
                               str(tmp_path / "x")])
     assert "FoQA file not found" in error_of(res)
+    res = runner.invoke(app, ["eval", "--benign", "opswap", "--probe", "bundled:probe_general", "--out", str(tmp_path / "y")])
+    assert "benign tasks only" in error_of(res)
 
 
 # ---------------------------------------------------------------- the experiment's benign section

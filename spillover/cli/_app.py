@@ -349,6 +349,11 @@ def eval_cmd(
 ) -> None:
     """Sample answers to EM questions, judge them, compute metrics with 95% CIs, and write a report (rerun to resume)."""
     if benign:
+        if in_domain or probe_pairs or base or n:
+            from spillover.errors import SpilloverError
+
+            raise SpilloverError("--benign scores benign tasks only; --in-domain, --probe, --base and --n are for EM "
+                                 "questions", fix="run `spillover eval` twice (with and without --benign), into two --out folders")
         return _eval_benign(benign, out=out, model=model, adapter=adapter, max_new_tokens=max_new_tokens,
                             temperature=0.0 if temperature is None else temperature, seed=seed, batch_size=batch_size,
                             device=device)
