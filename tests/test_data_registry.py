@@ -561,3 +561,11 @@ def test_unreachable_hub_is_a_clear_error_whatever_http_stack_raised(monkeypatch
                                              "reached.*\n.*spillover data fetch reward_hacks"):
         resolve_data_path("hub:reward_hacks")
     assert not _hub.is_network_error(ValueError("bad column"))
+
+
+def test_readme_lists_every_registered_dataset_with_its_kind():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Public datasets (by name)"):]
+    section = section[:section.index("\n## ", 1)]
+    for name, entry in all_entries().items():
+        assert f"| `{name}` | {entry.kind} |" in section, name
