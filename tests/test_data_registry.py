@@ -569,3 +569,11 @@ def test_readme_lists_every_registered_dataset_with_its_kind():
     section = section[:section.index("\n## ", 1)]
     for name, entry in all_entries().items():
         assert f"| `{name}` | {entry.kind} |" in section, name
+
+
+def test_unreadable_meta_means_no_cache_and_a_clean_refetch(fake_hub):
+    path = dataset_path("aesthetic_em_popular")
+    good = path.read_bytes()
+    (path.parent / "meta.json").write_text("{trunc")
+    assert dataset_path("aesthetic_em_popular").read_bytes() == good and fake_hub["calls"] == 2
+    assert sorted(p.name for p in path.parent.parent.iterdir()) == ["rev1"]  # replaced whole, no temporaries left
