@@ -128,6 +128,57 @@ def test_pooling_covers_the_answer_tokens_only(tiny):
     assert not np.allclose(deep[0], deep[1])
 
 
+def test_last_token_pool_and_concatenated_pools(tiny):
+    """``last`` is the state at the answer's last text token (end-of-turn excluded); pools concatenate in order."""
+    from spillover.judge.activation import spec_features
+
+    model, tok, _ = tiny
+    both = answer_features_by_layer(model, tok, QUESTIONS, ANSWERS, [2], batch_size=2, pools=("mean", "last"))[2]
+    hidden = model.config.hidden_size
+    assert both.shape == (3, 2 * hidden)
+    np.testing.assert_allclose(both[:, :hidden], answer_features(model, tok, QUESTIONS, ANSWERS, layer=2), atol=1e-5)
+    span = answer_span(tok, [{"role": "user", "content": QUESTIONS[1]}], ANSWERS[1])
+    with torch.inference_mode():
+        full = model(input_ids=torch.tensor([span.input_ids]), output_hidden_states=True).hidden_states[2][0]
+    np.testing.assert_allclose(both[1, hidden:], full[span.end - 2].numpy(), atol=1e-5)  # end - 1 is <|im_end|>
+    assert not np.allclose(both[1, hidden:], full[span.end - 1].numpy(), atol=1e-3)
+    two = spec_features(model, tok, QUESTIONS, ANSWERS, [2, 1], ["last"], batch_size=2)
+    np.testing.assert_allclose(two[:, :hidden], both[:, hidden:], atol=1e-5)  # layers in the order given
+    with pytest.raises(ValueError, match="pools"):
+        answer_features_by_layer(model, tok, QUESTIONS, ANSWERS, [1], pools=("max",))
+
+
+def test_pooled_judge_file_trains_loads_and_checks_its_width(tmp_path, tiny_model_dir, tiny):
+    rows = small_label_rows()
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "judge.json"
+    metrics = train_activation_judge(labels, out, model_ref=str(tiny_model_dir), layers=[2], coherence=False,
+                                     device="cpu", style_check=False, l2_grid=(0.1,),
+                                     pools_grid=[("last",), ("mean", "last")])
+    doc = read_judge_file(out)
+    assert [r["pools"] for r in doc["training"]["cv_grid"]] == [["last"], ["mean", "last"]]
+    assert doc["classifier"]["pools"] == metrics["pools"] and doc["classifier"]["layers"] == [2]
+    width = tiny[0].config.hidden_size * len(metrics["pools"])
+    assert len(doc["classifier"]["coef"]) == width
+    model, tok, ref = tiny
+    judge = ActivationJudge(model, tok, ref, out, batch_size=2)
+    assert judge.judge_identity()["pools"] == metrics["pools"]
+    assert all(0 <= s.score <= 100 for s in judge.score_many(QUESTIONS, ANSWERS))
+    raw = json.loads(out.read_text())
+    raw["classifier"]["pools"] = ["mean", "last"] if metrics["pools"] == ["last"] else ["last"]
+    out.write_text(json.dumps(raw))
+    with pytest.raises(SpilloverError, match="do not all have length"):
+        read_judge_file(out)
+    raw["classifier"]["pools"] = ["max"]
+    out.write_text(json.dumps(raw))
+    with pytest.raises(SpilloverError, match="pools"):
+        read_judge_file(out)
+    with pytest.raises(SpilloverError, match="pools"):
+        train_activation_judge(labels, tmp_path / "x.json", model_ref=str(tiny_model_dir), layers=[2],
+                               coherence=False, device="cpu", style_check=False, pools_grid=[("mean", "mean")])
+
+
 # --------------------------------------------------------------------------------------------- probe math
 def test_logistic_recovers_a_separable_problem():
     rng = np.random.default_rng(0)
