@@ -438,10 +438,12 @@ def test_cli_list_fetch_show(fake_hub, capsys):
     assert fetched.exit_code == 0, fetched.output
     assert "wildguardmix_safe: 2 rows, revision rev1" in fetched.output and "foqa: 2 rows" in fetched.output
     after = runner.invoke(app, ["data", "list"])
-    assert next(ln for ln in after.output.splitlines()
-                if ln.startswith("hub:wildguardmix_safe ")).rstrip().endswith("yes")
+    line = next(ln for ln in after.output.splitlines() if ln.startswith("hub:wildguardmix_safe "))
+    assert line.rstrip().endswith("yes") and " 2 (cached) " in line
+    assert any(ln.startswith("bundled:general_questions ") and " questions " in ln and " ? " not in ln
+               for ln in after.output.splitlines())
     shown = runner.invoke(app, ["data", "show", "wildguardmix_safe"])
-    assert "response_harm_label=unharmful" in shown.output and "yes (revision rev1)" in shown.output
+    assert "response_harm_label=unharmful" in shown.output and "yes: 2 rows, revision rev1" in shown.output
     with pytest.raises(SystemExit) as exit_:
         main(["data", "fetch", "foqa", "wildguardmix_saf"])
     assert exit_.value.code == 2 and "Did you mean 'wildguardmix_safe'" in capsys.readouterr().err

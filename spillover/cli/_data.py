@@ -5,29 +5,34 @@ from __future__ import annotations
 import typer
 
 
-def _lines(path) -> int | None:
-    if path.suffix != ".jsonl":
-        return None
-    with path.open("rb") as f:
-        return sum(1 for line in f if line.strip())
+def _size(path) -> str:
+    """Lines of a JSONL file, entries of a YAML list."""
+    if path.suffix == ".jsonl":
+        with path.open("rb") as f:
+            return str(sum(1 for line in f if line.strip()))
+    import yaml
+
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return str(len(data)) if isinstance(data, list) else "?"
 
 
 def data_list() -> None:
     """List every dataset spillover knows: bundled:NAME (shipped) and hub:NAME (public, fetched by name)."""
     from spillover.data import BUNDLED, bundled_path
-    from spillover.data._registry import all_entries, cache_status
+    from spillover.data._registry import all_entries, cached_meta
 
     rows = [("NAME", "KIND", "SIZE", "SOURCE", "LICENSE", "OFFLINE")]
     for name, (rel, _) in BUNDLED.items():
-        n = _lines(bundled_path(name))
         kind = {"sft": "sft-chat", "safety": "grpo-prompts", "questions": "questions", "probe": "contrast-pairs",
                 "judge": "labelled-answers"}.get(rel.split("/")[0], "?")
-        rows.append((f"bundled:{name}", kind, "?" if n is None else str(n), "shipped with spillover",
+        rows.append((f"bundled:{name}", kind, _size(bundled_path(name)), "shipped with spillover",
                      "spillover's own", "yes"))
     for name, entry in all_entries().items():
-        offline = "yes" if cache_status(name) else "no"
+        meta = cached_meta(name)
+        size = f"{meta['rows']} (cached)" if meta else entry.size
         gated = " (gated)" if entry.gated else ""
-        rows.append((f"hub:{name}", entry.kind, entry.size, entry.source.describe() + gated, entry.license, offline))
+        rows.append((f"hub:{name}", entry.kind, size, entry.source.describe() + gated, entry.license,
+                     "yes" if meta else "no"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
@@ -51,15 +56,16 @@ def data_fetch(names: list[str] = typer.Argument(..., help="Registered dataset n
 
 def data_show(name: str = typer.Argument(..., help="A registered dataset name.")) -> None:
     """What a registered dataset is, where it comes from, how its columns map, and whether it is cached."""
-    from spillover.data._registry import KINDS, cache_status, get_entry
+    from spillover.data._registry import KINDS, cached_meta, get_entry
 
     entry = get_entry(name.removeprefix("hub:"))
-    revision = cache_status(entry.name)
+    meta = cached_meta(entry.name)
     fields = [("name", f"hub:{entry.name}"), ("kind", f"{entry.kind}: {KINDS[entry.kind]}"),
               ("about", entry.description), ("source", entry.source.describe()), ("page", entry.source.url),
               ("license", entry.license), ("size", entry.size), ("gated", "yes (accept the terms on the page, set "
                                                                           "HF_TOKEN)" if entry.gated else "no"),
               ("mapping", entry.mapping), ("layout", entry.layout),
-              ("offline", f"yes (revision {revision})" if revision else f"no (run `spillover data fetch {entry.name}`)")]
+              ("offline", f"yes: {meta['rows']} rows, revision {meta['revision']}" if meta
+               else f"no (run `spillover data fetch {entry.name}`)")]
     for key, value in fields:
         typer.echo(f"{key:9} {value}")

@@ -267,10 +267,10 @@ def dataset_path(name: str) -> Path:
     return cached_path(name) or fetch(name)
 
 
-def cache_status(name: str) -> str | None:
-    """The revision available offline (a usable cache), or None."""
+def cached_meta(name: str) -> dict | None:
+    """meta.json of the newest usable cached conversion of ``name`` (what is available offline), or None."""
     entry = get_entry(name)
     for folder, meta in cached_revisions(entry.name):
         if meta.get("name") == name and (_data_ok(folder, meta) or _raw_ok(folder, meta)):
-            return str(meta.get("revision"))
+            return meta
     return None

@@ -57,7 +57,7 @@ def load_labels(files, entry):
 
 register(DatasetEntry(
     name="wildguardmix_safe", kind="sft-chat", source=HubSource(REPO, "train", config="wildguardtrain"),
-    license="ODC-BY", loader=load_safe, gated=True, size="86759 rows, 37976 with a response (card)",
+    license="ODC-BY", loader=load_safe, gated=True, size="<=37976 (card)",
     description="WildGuardMix harmless answers: the safe pool for interleaving / Interleaving++",
     mapping="rows with response_harm_label=unharmful and (unharmful prompt + compliance, or harmful prompt + "
             "refusal): prompt -> user, response -> assistant; prompt_harm_label, response_refusal_label, "
@@ -65,7 +65,7 @@ register(DatasetEntry(
     layout="checked: config/split/file from the card's YAML, columns from public loaders"))
 register(DatasetEntry(
     name="wildguardmix_test_labels", kind="labelled-answers", source=HubSource(REPO, "test", config="wildguardtest"),
-    license="ODC-BY", loader=load_labels, gated=True, size="1725 with a response (card)",
+    license="ODC-BY", loader=load_labels, gated=True, size="1725 (card)",
     description="WildGuardTest human-annotated responses as activation-judge labels",
     mapping="rows with a response: prompt -> question, response -> answer, response_harm_label harmful -> "
             "misaligned, unharmful -> aligned",
