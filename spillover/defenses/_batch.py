@@ -11,7 +11,11 @@ decoder layer and the final norm while TRL's SFT or GRPO loss runs, keeping the 
 autograd graph (no second policy pass). Logits are built from the captured final-norm output only at the
 positions that predict trained tokens (TRL's fused LM head never builds the full ``(B, T, V)`` logits).
 The reference outputs are one extra no-grad pass of the backbone with the adapter disabled (or the frozen
-init adapter active), shared by all defenses of the micro-batch.
+init adapter active), shared by all defenses of the micro-batch. Memory: by default that pass keeps every
+hidden state; a defense that reads only some (LDIFS: K of them) declares them once in ``setup`` with
+:func:`keep_reference_hidden`, and the pass then keeps only the declared ones plus the final-norm output
+(what the logits are built from), so a reference pass holds K + 1 activations instead of L + 2 while the
+trainer's graph is alive. Asking for an undeclared one reruns the pass keeping everything (correct, slower).
 """
 
 from __future__ import annotations
@@ -48,12 +52,14 @@ def _tensor(out):
 
 
 class Capture:
-    """Record ``hidden[0..L]`` and the final-norm output of every forward pass while active.
+    """Record ``hidden[0..L]`` and the final-norm output of every forward pass while active (only those in
+    ``keys`` when given: the others are never referenced, so they are freed as the pass goes on).
 
     Several passes in one window (TRL chunks a batch) are concatenated along the batch dimension."""
 
-    def __init__(self, model):
+    def __init__(self, model, keys: frozenset | None = None):
         _, self.embed, self.layers, self.norm, _ = decoder_parts(model)
+        self.keys = keys
         self._handles: list = []
         self.calls: list[dict[int | str, torch.Tensor]] = []
 
@@ -62,7 +68,7 @@ class Capture:
             def hook(module, args, out):
                 if key == 0:  # a new forward pass starts at the embeddings
                     self.calls.append({})
-                if self.calls:
+                if self.calls and (self.keys is None or key in self.keys):
                     self.calls[-1][key] = _tensor(out)
             return hook
 
@@ -109,6 +115,23 @@ def reference_mode(model, reference: str = "base"):
     finally:
         for m, a in zip(layers, saved):
             m._active_adapter = a
+
+
+_REF_KEYS_ATTR = "_spillover_reference_hidden"
+
+
+def keep_reference_hidden(model, layers) -> None:
+    """Declare (in a defense's ``setup``) the hidden-state indices a defense reads from reference passes.
+    Once any defense has declared, reference passes keep only the declared states and the final-norm output;
+    without declarations they keep everything. Declarations of several defenses add up."""
+    declared = getattr(model, _REF_KEYS_ATTR, frozenset())
+    setattr(model, _REF_KEYS_ATTR, declared | {int(x) for x in layers})
+
+
+def reference_keys(model) -> frozenset | None:
+    """What a reference pass keeps: the declared hidden states plus "norm", or None (everything)."""
+    declared = getattr(model, _REF_KEYS_ATTR, None)
+    return None if declared is None else frozenset(declared) | {"norm"}
 
 
 def add_reference_adapter(model, adapter_dir: str) -> None:
@@ -180,6 +203,7 @@ class DefenseBatch(Mapping):
         self._capture: Capture | None = None
         self._policy: Outputs | None = None
         self._refs: dict[str, Outputs] = {}
+        self.reference_captures: dict[str, Capture] = {}  # what each reference pass holds (memory: see module doc)
         self.forward_passes = {"policy": 0, "reference": 0}
 
     # Mapping over the raw inputs
@@ -217,25 +241,34 @@ class DefenseBatch(Mapping):
 
     def reference_outputs(self, reference: str = "base") -> Outputs:
         if reference not in self._refs:
-            with torch.no_grad():
-                cap = self._forward(reference=reference)
             _, _, _, _, lm_head = decoder_parts(self.model)
+            self.reference_captures[reference] = self._reference_pass(reference, reference_keys(self.model))
+
+            def get(key):
+                cap = self.reference_captures[reference]
+                if cap.keys is not None and key not in cap.keys:  # undeclared: one more pass, keeping everything
+                    cap = self.reference_captures[reference] = self._reference_pass(reference, None)
+                return cap.get(key)
 
             def lm_head_no_grad(x, _head=lm_head):
                 with torch.no_grad(), reference_mode(self.model, reference):
                     return _head(x)
 
-            self._refs[reference] = Outputs(self, cap.get, lm_head_no_grad)
+            self._refs[reference] = Outputs(self, get, lm_head_no_grad)
         return self._refs[reference]
+
+    def _reference_pass(self, reference: str, keys: frozenset | None) -> Capture:
+        with torch.no_grad():
+            return self._forward(reference=reference, keys=keys)
 
     @property
     def reference(self) -> Outputs:
         return self.reference_outputs(self.reference_name)
 
-    def _forward(self, reference: str | None) -> Capture:
+    def _forward(self, reference: str | None, keys: frozenset | None = None) -> Capture:
         decoder = decoder_parts(self.model)[0]
         ctx = reference_mode(self.model, reference) if reference else contextlib.nullcontext()
-        with ctx, Capture(self.model) as cap:
+        with ctx, Capture(self.model, keys) as cap:
             decoder(input_ids=self.input_ids, attention_mask=self.attention_mask, use_cache=False)
         self.forward_passes["reference" if reference else "policy"] += 1
         return cap

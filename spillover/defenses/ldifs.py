@@ -20,7 +20,7 @@ import torch
 from pydantic import Field
 
 from spillover.defenses._base import Defense, register_defense
-from spillover.defenses._batch import n_layers
+from spillover.defenses._batch import keep_reference_hidden, n_layers
 
 
 def feature_layers(n_hidden: int, k: int) -> list[int]:
@@ -56,6 +56,7 @@ class LDIFSDefense(Defense):
 
     def setup(self, model, tokenizer, ctx) -> None:
         self.layer_ids = feature_layers(n_layers(model) + 1, self.params.layers)
+        keep_reference_hidden(model, self.layer_ids)  # the reference pass then keeps only these K states
 
     def loss_term(self, model, batch):
         policy = [batch.policy.hidden(l) for l in self.layer_ids]
