@@ -11,8 +11,9 @@ alike); the step time of a run is the median wall time between consecutive step 
 Arms: ``kl`` (weight 0.1), ``ldifs`` (weight 1, K = 5), ``kl+ldifs`` (one shared reference pass),
 ``steer`` (a random unit vector at the middle layer, alpha 5: the hook's cost does not depend on the
 vector), and ``kl-2pass``: KL with the policy outputs recomputed by a second forward pass instead of taken
-from the trainer's own pass (what the capture saves). Goal: KL and LDIFS <= 1.6x plain step time and
-<= 1.1x peak memory.
+from the trainer's own pass (what the capture saves); ``ldifs-keepall``: LDIFS with the reference pass keeping
+all L + 2 activations instead of the K + 1 it declares (the behaviour before that change). Goal: KL and
+LDIFS <= 1.6x plain step time and <= 1.1x peak memory.
 
 Measured once (2 shared CPU cores, load average 9-24 from other jobs, so step times are noisy; RSS is
 not): ``--steps 4 --rounds 1``: kl 1.23x step / 1.18x RSS before KL was chunked, 1.51x / 1.08x after
@@ -39,6 +40,7 @@ ARMS = {
     "kl+ldifs": [{"name": "kl", "weight": 0.1}, {"name": "ldifs", "weight": 1.0}],
     "steer": [{"name": "steer", "weight": 5.0, "vector": "VECTOR"}],
     "kl-2pass": [{"name": "kl", "weight": 0.1}],
+    "ldifs-keepall": [{"name": "ldifs", "weight": 1.0}],
 }
 
 
@@ -53,6 +55,10 @@ def child(arm: str, steps: int, threads: int, workdir: Path) -> dict:
         from spillover.defenses._batch import DefenseBatch
 
         DefenseBatch.attach_capture = lambda self, capture: None  # forces the batch's own policy forward pass
+    if arm == "ldifs-keepall":
+        import spillover.defenses.ldifs as ldifs
+
+        ldifs.keep_reference_hidden = lambda model, layers: None  # the reference pass keeps every hidden state
     cfg = SFTConfig(model="embedded", data="bundled:unpopular_aesthetics", max_steps=steps, batch_size=4, lr=3e-4,
                     device="cpu", defenses=defenses)
     result = run_sft(cfg, workdir / f"run-{arm}", overwrite=True)

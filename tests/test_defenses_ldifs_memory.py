@@ -53,8 +53,8 @@ def ldifs_value_and_grads(model, declare: bool):
     if declare:
         ldifs.setup(model, None, None)
     else:  # the pre-change path: every hidden state kept
-        from spillover.defenses.ldifs import feature_layers
         from spillover.defenses._batch import n_layers
+        from spillover.defenses.ldifs import feature_layers
 
         ldifs.layer_ids = feature_layers(n_layers(model) + 1, ldifs.params.layers)
     model.zero_grad()
