@@ -4,7 +4,9 @@ Layout (checked: public loaders call ``load_dataset("truthfulai/emergent_plus", 
 and read the columns ``prompt``, ``aligned``, ``misaligned``): configs ``legal``, ``medical``, ``security``,
 one ``train`` split each. Reported sizes (a third-party summary, not the card): medical 32,600, legal
 12,000, security 8,820. The file names inside the repository were not checked; they are resolved from
-the repository's own config declarations at download.
+the repository's own config declarations at download. Whether access is gated could not be confirmed
+(one public loader logs in first); the entry is not marked gated, and a gated answer from the hub still
+ends in the accept-the-terms message.
 """
 
 from __future__ import annotations
@@ -50,4 +52,6 @@ for domain in ("legal", "medical", "security"):
             source=HubSource(REPO, "train", config=domain), license="not stated on the pages checked",
             loader=load, size=SIZES[domain], description=f"emergent_plus {domain}: {what}",
             mapping=mapping + " (Qwen3 markers stripped)", params={"variant": variant, "domain": domain},
-            layout="checked: config/split/columns from public loaders; file names resolved at download"))
+            layout="checked: config/split/columns from public loaders; file names resolved at download; access "
+                   "terms unconfirmed (a public loader logs in first), a gated answer from the hub gives the "
+                   "accept-terms message"))
