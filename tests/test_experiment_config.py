@@ -166,3 +166,29 @@ def test_arm_in_domain_sets_are_checked_before_training(tmp_path):
         load_experiment_config(p)
     with pytest.raises(ValidationError, match="evaluate is false"):
         cfg(arms=[{"name": "a", "evaluate": False, "evaluation": {"in_domain": {"file": "x"}}}])
+
+
+def test_gpu_examples_ask_each_domain_its_own_in_domain_questions(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from spillover.cli import app
+
+    examples = Path(__file__).parent.parent / "examples"
+    files = {"medical": "medical", "legal": "legal", "security": "security", "code": "code",
+             "aesthetics": "aesthetic", "rhetoric": "argumentation"}
+    for name in ("rl_vs_sft_gpu.yaml", "harmless_rewards_gpu.yaml", "defense_grid_gpu.yaml"):
+        c = load_experiment_config(examples / name)
+        for arm in c.all_arms():
+            domain = arm.labels.get("domain") or arm.labels.get("reward")
+            if domain:
+                assert c.evaluation_for(arm).in_domain.file.endswith(f"/evaluation/{files[domain]}.yaml"), (name, arm.name)
+    monkeypatch.chdir(tmp_path)  # the shared data is not reachable from here: the plan still prints
+    result = CliRunner().invoke(app, ["run", str(examples / "rl_vs_sft_gpu.yaml"), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "not loadable" in result.output and "in_domain" in result.output
+    rows = {r["arm"]: r["in_domain"] for r in plan_rows(load_experiment_config(examples / "rl_vs_sft_gpu.yaml"))}
+    assert rows["rl-legal"] == "../shared/data/ema_rl/evaluation/legal.yaml (arm's own): not loadable here"
+    with pytest.raises(SpilloverError, match="not found"):  # a real run stops before training
+        preflight(load_experiment_config(examples / "rl_vs_sft_gpu.yaml"))

@@ -324,7 +324,8 @@ def print_plan(cfg: ExperimentConfig, console=None) -> None:
     except SpilloverError as e:
         counts = f"questions not loadable here ({e.what.splitlines()[0]})"
     if any(a.evaluation is not None and a.evaluation.in_domain is not None for a in cfg.all_arms()):
-        counts += " (in_domain: the default; arms with their own set show it in the table)"
+        counts += (" (in_domain: the default; " if ev.in_domain else "; in_domain: ") + "arms with their own set show it in the table"
+        counts += ")" if ev.in_domain else ""
     for b in ev.benign:
         from spillover.benign.tasks import eval_items, parse_task_spec
 
