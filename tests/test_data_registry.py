@@ -579,3 +579,13 @@ def test_unreadable_meta_means_no_cache_and_a_clean_refetch(fake_hub):
     (path.parent / "meta.json").write_text("{trunc")
     assert dataset_path("aesthetic_em_popular").read_bytes() == good and fake_hub["calls"] == 2
     assert sorted(p.name for p in path.parent.parent.iterdir()) == ["rev1"]  # replaced whole, no temporaries left
+
+
+def test_cache_made_by_other_conversion_code_is_converted_again(fake_hub):
+    path = dataset_path("reward_hacks")
+    meta = json.loads((path.parent / "meta.json").read_text())
+    assert meta["converter"] == _registry.converter_id(_registry.get_entry("reward_hacks"))
+    path.write_text('{"messages": [{"role": "user", "content": "old mapping"}]}\n')  # what an older loader made
+    meta["converter"], meta["sha256"] = "older", _registry.sha256_file(path)
+    (path.parent / "meta.json").write_text(json.dumps(meta))
+    assert len(_rows(dataset_path("reward_hacks"))) == 2 and fake_hub["calls"] == 1

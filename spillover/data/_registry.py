@@ -11,9 +11,10 @@ Refer to one as ``hub:NAME`` (or the bare NAME) wherever a data, prompt or quest
 The converted file is cached under ``$SPILLOVER_HOME/datasets/<name>/<revision>/`` (revision: the hub
 commit, or the GitHub commit; a file taken from a branch is keyed by the branch and the first 12 hex
 digits of its sha256). A cache folder holds ``raw/`` (the downloaded files), the converted ``data.*`` and
-``meta.json`` (source, revision, sha256 of every file); it is written whole into a temporary sibling and
-renamed, so a reader never sees a partial one. A cache whose converted file does not match its recorded
-hash is converted again from ``raw/`` (downloaded again only when ``raw/`` is damaged too).
+``meta.json`` (source, revision, sha256 of every file, a hash of the conversion code); it is written whole
+into a temporary sibling and renamed, so a reader never sees a partial one. A cache whose converted file
+does not match its recorded hash, or was made by other conversion code, is converted again from ``raw/``
+(downloaded again only when ``raw/`` is damaged too).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class GitHubSource:
 
     @property
     def pinned(self) -> bool:
-        return len(self.revision) == 40 and all(c in "0123456789abcdef" for c in self.revision)
+        return _is_commit(self.revision)
 
     def raw_url(self, path: str) -> str:
         return f"https://raw.githubusercontent.com/{self.repo}/{self.revision}/{path}"
@@ -177,9 +178,28 @@ def _raw_ok(folder: Path, meta: dict) -> bool:
     return True
 
 
-def _data_ok(folder: Path, meta: dict) -> bool:
+def _data_ok(folder: Path, meta: dict, entry: DatasetEntry) -> bool:
+    """The converted file is intact and was made by the current conversion code."""
     data = folder / str(meta.get("data", ""))
-    return bool(meta.get("data")) and data.is_file() and sha256_file(data) == meta.get("sha256")
+    return (bool(meta.get("data")) and meta.get("converter") == converter_id(entry) and data.is_file()
+            and sha256_file(data) == meta.get("sha256"))
+
+
+def converter_id(entry: DatasetEntry) -> str:
+    """Hash of the code that converts ``entry`` (its source module and the shared helpers): a cache made by
+    other conversion code is converted again from its raw files."""
+    import hashlib
+    import inspect
+    import sys
+
+    h = hashlib.sha256()
+    for module in (sys.modules[entry.loader.__module__], sys.modules["spillover.data.sources._common"]):
+        h.update(Path(inspect.getsourcefile(module)).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _is_commit(revision: str) -> bool:
+    return len(revision) == 40 and all(c in "0123456789abcdef" for c in revision)
 
 
 def cached_revisions(name: str) -> list[tuple[Path, dict]]:
@@ -205,6 +225,7 @@ def _convert_into(folder: Path, entry: DatasetEntry, raw_files: list[Path], revi
     atomic_write_bytes(folder / data_name, converted.text.encode("utf-8"))
     meta = {"name": entry.name, "kind": entry.kind, "source": entry.source.describe(), "revision": revision,
             "source_files": source_files, "data": data_name, "sha256": sha256_file(folder / data_name),
+            "converter": converter_id(entry),
             "rows": converted.rows, "converted_at": now_iso(),
             "raw": [{"file": n, "sha256": sha256_file(folder / RAW / n)} for n in raw_names]}
     (folder / META).write_text(json.dumps(meta, indent=2) + "\n")
@@ -242,20 +263,19 @@ def fetch(name: str) -> Path:
     return folder / str(read_meta(folder)["data"])
 
 
+def _candidates(entry: DatasetEntry) -> list[tuple[Path, dict]]:
+    """Cached conversions of ``entry``: only its pinned commit when it pins one, else all, newest first."""
+    pinned = entry.source.revision if _is_commit(entry.source.revision) else None
+    return [(folder, meta) for folder, meta in cached_revisions(entry.name)
+            if meta.get("name") == entry.name and (pinned is None or meta.get("revision") == pinned)]
+
+
 def cached_path(name: str) -> Path | None:
-    """The converted file of ``name`` from the cache (re-converted if damaged), or None if none is usable.
-    A pinned revision is preferred; otherwise the newest conversion."""
+    """The converted file of ``name`` from the cache (converted again from its raw files when damaged or made by
+    other conversion code), or None if none is usable."""
     entry = get_entry(name)
-    candidates = cached_revisions(name)
-    pinned = entry.source.revision if isinstance(entry.source, GitHubSource) and entry.source.pinned else None
-    if pinned is None and isinstance(entry.source, HubSource) and entry.source.revision != "main":
-        pinned = entry.source.revision
-    if pinned is not None:
-        candidates = [fm for fm in candidates if fm[1].get("revision") == pinned]
-    for folder, meta in candidates:
-        if meta.get("name") != name:
-            continue
-        if _data_ok(folder, meta):
+    for folder, meta in _candidates(entry):
+        if _data_ok(folder, meta, entry):
             return folder / str(meta["data"])
         if _raw_ok(folder, meta):
             return _reconvert(folder, meta, entry)
@@ -270,7 +290,7 @@ def dataset_path(name: str) -> Path:
 def cached_meta(name: str) -> dict | None:
     """meta.json of the newest usable cached conversion of ``name`` (what is available offline), or None."""
     entry = get_entry(name)
-    for folder, meta in cached_revisions(entry.name):
-        if meta.get("name") == name and (_data_ok(folder, meta) or _raw_ok(folder, meta)):
+    for folder, meta in _candidates(entry):
+        if _data_ok(folder, meta, entry) or _raw_ok(folder, meta):
             return meta
     return None
