@@ -274,6 +274,11 @@ def test_foqa_items(fake_hub):
                      "answers": ["Tórshavn"]},
                     {"id": "q2", "title": "Føroyar", "question": FOQA[1]["question"], "context": FOQA[1]["context"],
                      "answers": ["18", "18 oyggjar"]}]
+    from spillover.benign.tasks import load_foqa  # the file is what `eval --benign foqa:FILE` reads
+
+    items = load_foqa(dataset_path("foqa"))
+    assert [(i.id, i.golds) for i in items] == [("q1", ("Tórshavn",)), ("q2", ("18", "18 oyggjar"))]
+    assert FOQA[0]["context"] in items[0].prompt and FOQA[0]["question"] in items[0].prompt
 
 
 def test_rl_paper_prompts_sft_and_questions(fake_hub):
