@@ -102,7 +102,14 @@ def test_rerun_is_a_no_op_and_training_consumption_is_recorded(clean_run):
     assert (sft.optimizer_steps, sft.items_seen, sft.distinct_items) == (3, 6, 4)  # 3 steps x 2 items over 4 items
     assert (rl.optimizer_steps, rl.items_seen, rl.completions_trained) == (2, 2, 8)  # 1 prompt x 4 completions a step
     assert rl.completion_tokens and rl.completion_tokens <= 8 * 6  # generated tokens only, at most max_completion_length each
-    assert sft.completion_tokens and not sft.completion_tokens_exact  # 6 items over 4 rows: an estimate, said so
+    # 6 items over 4 rows, counted by the trainer: every row's answer has the same length here, so the
+    # count equals (answer tokens of one row) x 6, which the estimate from the data file also gives
+    from spillover.experiment.stages import _sft_completion_tokens
+    from spillover.experiment.spec import recipe_config
+
+    tcfg = recipe_config(cfg.arm("sft").train, model=cfg.model, seed=0, device="cpu", dtype="auto",
+                         data_override=str(unit_dir(root / "clean", "sft", 0) / "train_items.jsonl"))
+    assert sft.completion_tokens_exact and (sft.completion_tokens, False) == _sft_completion_tokens(tcfg, 6, 4)
     summary = res.unit("rl", 1).summary
     general = summary.metrics["py-test_eval_run-FakeJudge"]["general"]["overall"]
     assert general["n_total"] == 7 and general["misalignment_rate"]["n"] < 7  # unscored samples stay in n_total
@@ -213,3 +220,17 @@ def test_each_arm_answers_its_own_in_domain_questions(tiny_model_dir, tmp_path, 
         "legal": {"evaluation": {"in_domain": {"file": str(legal)}}}}}})]})
     with pytest.raises(SpilloverError, match=r"b-medical/seed 0/sample(?s:.*)--force-stage sample"):
         run_experiment(changed, tmp_path / "exp")  # the legal arm's set did not change: only medical is named
+
+
+def test_sft_token_count_skips_rows_a_defense_mixes_in():
+    import torch
+
+    from spillover.train._defended import DefendedTrainerMixin
+
+    class Counter(DefendedTrainerMixin):
+        state = type("S", (), {"global_step": 0})()
+
+    c = Counter()
+    labels = torch.tensor([[-100, 5, 6, -100], [-100, -100, 7, 8], [-100, 1, 2, 3]])
+    c._count_trained_tokens({"labels": labels}, ["task", "safe", None])
+    assert (c._trained_tokens, c._tokens_from_step) == (5, 0)  # 2 + 3: the interleaved 'safe' row is not the task's

@@ -123,7 +123,9 @@ class TrainingConsumption(Record):
     optimizer_steps: int | None = None
     completions_trained: int | None = Field(None, description="SFT: = items_seen; GRPO: completions sampled and trained on.")
     completion_tokens: int | None = Field(None, description="Tokens carrying the loss: assistant answer tokens (SFT), generated tokens (GRPO). Prompt tokens never count.")
-    completion_tokens_exact: bool = Field(False, description="False when estimated (SFT over max_steps: mean answer length x items seen).")
+    completion_tokens_exact: bool = Field(False, description="True when counted: SFT by the trainer over every batch "
+                                          "(task rows only, not rows a defense mixes in); False when estimated (mean "
+                                          "answer length x items seen: runs resumed from a checkpoint).")
     lr: float | None = None
     train_seconds: float | None = None
     final_loss: float | None = None

@@ -38,6 +38,7 @@ from spillover.evaluate.run import (
 )
 from spillover.evaluate.sampling import SamplingParams
 from spillover.evaluate.store import fault_watch
+from spillover.train._defended import COMPLETION_TOKENS, COMPLETION_TOKENS_FROM
 from spillover.experiment.results import (
     CONFIG_FILE,
     SUMMARY_FILE,
@@ -546,7 +547,11 @@ def training_consumption(tcfg, run_dir: Path, method: str) -> TrainingConsumptio
     per_epoch = math.ceil(n / tcfg.batch_size) if n else 0
     full, rem = divmod(steps * tcfg.grad_accum, per_epoch) if per_epoch else (0, 0)
     items = full * n + min(rem * tcfg.batch_size, n)
-    tokens, exact = _sft_completion_tokens(tcfg, items, n)
+    counted = [r for r in history if COMPLETION_TOKENS in r]
+    if counted and counted[-1].get(COMPLETION_TOKENS_FROM) == 0 and counted[-1].get("step") == steps:
+        tokens, exact = int(counted[-1][COMPLETION_TOKENS]), True  # counted by the trainer over every batch
+    else:  # older runs, or resumed from a checkpoint (the count restarted there): estimate
+        tokens, exact = _sft_completion_tokens(tcfg, items, n)
     losses = [r["loss"] for r in history if "loss" in r]
     return TrainingConsumption(**common, items_seen=items, distinct_items=n, completions_trained=items,
                                completion_tokens=tokens, completion_tokens_exact=exact,

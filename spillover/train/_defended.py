@@ -19,14 +19,21 @@ from collections.abc import Mapping
 
 import torch
 
-from spillover.defenses._base import SOURCE_COLUMN, TrainContext, build_defenses
+from spillover.defenses._base import SOURCE_COLUMN, TASK_SOURCE, TrainContext, build_defenses
 from spillover.defenses._batch import Capture, DefenseBatch, add_reference_adapter, supervised_loss
 from spillover.errors import SpilloverError
+
+
+#: Logged by SFT runs: loss-carrying answer tokens of the task's own rows (labels != -100; rows a defense
+#: mixes in excluded) trained on since optimizer step COMPLETION_TOKENS_FROM (0 unless resumed).
+COMPLETION_TOKENS, COMPLETION_TOKENS_FROM = "completion_tokens_trained", "completion_tokens_from_step"
 
 
 class DefendedTrainerMixin:
     defenses: list = []
     method = "sft"
+    _trained_tokens = 0
+    _tokens_from_step: int | None = None
 
     def _init_defenses(self, defenses) -> None:
         self.defenses = list(defenses)
@@ -54,6 +61,8 @@ class DefendedTrainerMixin:
         if isinstance(inputs, Mapping) and SOURCE_COLUMN in inputs:  # a copy: GRPO reuses its buffered inputs
             sources = inputs[SOURCE_COLUMN]
             inputs = {k: v for k, v in inputs.items() if k != SOURCE_COLUMN}
+        if model.training and self.method == "sft":
+            self._count_trained_tokens(inputs, sources)
         if not self.defenses:
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         batch = DefenseBatch(model, inputs, self.method, sources)
@@ -80,6 +89,19 @@ class DefendedTrainerMixin:
             self._micro_batches += 1
         return (loss, outputs) if return_outputs else loss
 
+    def _count_trained_tokens(self, inputs, sources) -> None:
+        """Add this micro-batch's loss-carrying tokens of task rows (an exact count for sample matching)."""
+        labels = inputs.get("labels") if isinstance(inputs, Mapping) else None
+        if labels is None:
+            return
+        mask = labels != -100
+        if sources is not None:
+            keep = torch.tensor([s in (None, TASK_SOURCE) for s in sources], device=mask.device)
+            mask = mask & keep[:, None]
+        if self._tokens_from_step is None:
+            self._tokens_from_step = int(self.state.global_step)
+        self._trained_tokens += int(mask.sum())
+
     def _sft_mix_terms(self, model, window: int):
         total = 0.0
         for d in self.defenses:
@@ -104,6 +126,9 @@ class DefendedTrainerMixin:
         for d in self.defenses:
             for key, value in d.pop_metrics().items():
                 logs[f"defense/{d.name}/{key}"] = value
+        if self._tokens_from_step is not None:
+            logs[COMPLETION_TOKENS] = self._trained_tokens
+            logs[COMPLETION_TOKENS_FROM] = self._tokens_from_step
         return super().log(logs, *args, **kwargs)
 
     def rollout_context(self, model) -> contextlib.ExitStack:
