@@ -62,6 +62,8 @@ class EvalSettings:
     max_paraphrases: int | None = None  # use only the first K paraphrases of each question
     in_domain_question_ids: list[str] | None = None  # in-domain set: keep only these ids (None: all)
     judge_batch: int = 8  # answers judged (and stored) together
+    engine: str = "hf"  # sampling engine: hf | vllm (spillover.evaluate.sampling.load_sampler)
+    dtype: str | None = None  # sampling dtype (None: auto)
 
 
 # ---------------------------------------------------------------- question selection
@@ -234,7 +236,8 @@ def probe_key(ref: str) -> str:
     """Folder-safe key of a probe set: bundled:probe_general -> probe_general; a path -> stem + short hash."""
     if ref.startswith("bundled:"):
         return ref.split(":", 1)[1]
-    return f"{Path(ref).stem}-{hashlib.sha256(ref.encode()).hexdigest()[:6]}"
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(ref).stem).strip("._") or "probe"
+    return f"{stem}-{hashlib.sha256(ref.encode()).hexdigest()[:6]}"
 
 
 def probe_logprobs(model, tokenizer, refs: Sequence[str], batch_size: int = 16) -> dict[str, dict]:
@@ -269,7 +272,11 @@ def _judge_id(judge: EvalJudge) -> str:
 
 
 def _inputs(arms: list[Arm], settings: EvalSettings, judge_id: str) -> dict:
-    return {"arms": [dataclasses.asdict(a) for a in arms], "settings": dataclasses.asdict(settings), "judge_id": judge_id}
+    recorded = dataclasses.asdict(settings)
+    for key, default in (("engine", "hf"), ("dtype", None)):  # folders made before these settings existed still match
+        if recorded[key] == default:
+            del recorded[key]
+    return {"arms": [dataclasses.asdict(a) for a in arms], "settings": recorded, "judge_id": judge_id}
 
 
 def check_same_inputs(path: Path, inputs: dict, what: str) -> None:
@@ -310,9 +317,16 @@ def run_evaluation(arms: list[Arm], settings: EvalSettings, judge: EvalJudge, ou
         n_wanted = sum(len(reqs) for _, reqs in sets.values())
         sampler = None
         if len(samples_log.read()) < n_wanted or need_probe:
+            engine = settings.engine if len(samples_log.read()) < n_wanted else "hf"  # an engine only to sample
+            sampler = load_sampler(arm.model, arm.adapter, device=settings.device, batch_size=settings.batch_size,
+                                   dtype=settings.dtype, engine=engine)
+        try:
+            samples = sample_into(samples_log, sampler, sets, params, arm=arm.name, seed=settings.seed,
+                                  batch_size=settings.batch_size, description=f"{arm.name}: sampling")
+        finally:
+            getattr(sampler, "close", lambda: None)()  # an engine process stops before judging
+        if need_probe and not hasattr(sampler, "model"):  # the engine sampled; the probe scores with HF
             sampler = load_sampler(arm.model, arm.adapter, device=settings.device, batch_size=settings.batch_size)
-        samples = sample_into(samples_log, sampler, sets, params, arm=arm.name, seed=settings.seed,
-                              batch_size=settings.batch_size, description=f"{arm.name}: sampling")
         for ref in need_probe:
             logp = probe_logprobs(sampler.model, sampler.tok, [ref])[ref]
             meta = {"model": sampler.model_id, "adapter": arm.adapter}
@@ -324,7 +338,8 @@ def run_evaluation(arms: list[Arm], settings: EvalSettings, judge: EvalJudge, ou
                                judge_id, batch=settings.judge_batch, description=f"{arm.name}: judging")
         arm_rows = joined_rows(samples, judgments)
         rows.extend(arm_rows)
-        entry = {"model": samples[0].model if samples else arm.model, "adapter": arm.adapter}
+        entry = {"model": samples[0].model if samples else arm.model, "adapter": arm.adapter,
+                 "sampler": samples[0].sampler if samples else None}
         for set_name, metrics in metrics_by_set(arm_rows, settings.seed).items():
             entry["metrics" if set_name == "general" else set_name] = metrics
         if settings.probe_pairs:
@@ -338,7 +353,8 @@ def run_evaluation(arms: list[Arm], settings: EvalSettings, judge: EvalJudge, ou
     metrics = {"spillover_version": __version__, "created": now_iso(), "judge": judge.identity(),
                "questions": settings.questions, "in_domain_questions": settings.in_domain, "arms": summary,
                "seeds": [settings.seed], "sampling": {**dataclasses.asdict(params), "batch_size": settings.batch_size,
-                                                      "samples_per_paraphrase": settings.samples_per_paraphrase}}
+                                                      "samples_per_paraphrase": settings.samples_per_paraphrase,
+                                                      "engine": settings.engine, "dtype": settings.dtype}}
     atomic_write_json(out / "metrics.json", metrics)
     return out
 
