@@ -104,8 +104,8 @@ def test_rerun_is_a_no_op_and_training_consumption_is_recorded(clean_run):
     assert rl.completion_tokens and rl.completion_tokens <= 8 * 6  # generated tokens only, at most max_completion_length each
     # 6 items over 4 rows, counted by the trainer: every row's answer has the same length here, so the
     # count equals (answer tokens of one row) x 6, which the estimate from the data file also gives
-    from spillover.experiment.stages import _sft_completion_tokens
     from spillover.experiment.spec import recipe_config
+    from spillover.experiment.stages import _sft_completion_tokens
 
     tcfg = recipe_config(cfg.arm("sft").train, model=cfg.model, seed=0, device="cpu", dtype="auto",
                          data_override=str(unit_dir(root / "clean", "sft", 0) / "train_items.jsonl"))

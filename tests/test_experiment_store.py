@@ -57,7 +57,14 @@ def test_joined_rows_mark_unjudged_samples(tmp_path):
 
 def test_judge_identity_comes_from_finished_judge_stages_and_disagreements_are_listed(tmp_path):
     from spillover._io import atomic_write_json
-    from spillover.experiment.results import ArmInfo, ExperimentIndex, JudgeInfo, judge_identities, load_experiment, unit_dir
+    from spillover.experiment.results import (
+        ArmInfo,
+        ExperimentIndex,
+        JudgeInfo,
+        judge_identities,
+        load_experiment,
+        unit_dir,
+    )
 
     index = ExperimentIndex(name="x", spillover_version="0", created="now", config_sha256="0", model="m", seeds=[0, 1],
                             arms=[ArmInfo(name="a"), ArmInfo(name="b")],

@@ -38,7 +38,6 @@ from spillover.evaluate.run import (
 )
 from spillover.evaluate.sampling import SamplingParams
 from spillover.evaluate.store import fault_watch
-from spillover.train._defended import COMPLETION_TOKENS, COMPLETION_TOKENS_FROM
 from spillover.experiment.results import (
     CONFIG_FILE,
     SUMMARY_FILE,
@@ -53,6 +52,7 @@ from spillover.experiment.results import (
     unit_dir,
 )
 from spillover.experiment.spec import ArmSpec, ExperimentConfig, JudgeSpec, recipe_config
+from spillover.train._defended import COMPLETION_TOKENS, COMPLETION_TOKENS_FROM
 
 SUMMARY_VERSION = 1
 

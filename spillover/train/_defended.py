@@ -23,7 +23,6 @@ from spillover.defenses._base import SOURCE_COLUMN, TASK_SOURCE, TrainContext, b
 from spillover.defenses._batch import Capture, DefenseBatch, add_reference_adapter, supervised_loss
 from spillover.errors import SpilloverError
 
-
 #: Logged by SFT runs: loss-carrying answer tokens of the task's own rows (labels != -100; rows a defense
 #: mixes in excluded) trained on since optimizer step COMPLETION_TOKENS_FROM (0 unless resumed).
 COMPLETION_TOKENS, COMPLETION_TOKENS_FROM = "completion_tokens_trained", "completion_tokens_from_step"
