@@ -228,6 +228,10 @@ def compare_cmd(
 
 
 # ---------------------------------------------------------------- sample
+_ENGINE_HELP = ("hf: transformers generate in this process | vllm: a vLLM engine process (adapters merged first; "
+                "`spillover engines install vllm` once); faster from about a hundred answers on, see README 'Fast sampling'.")
+
+
 @app.command("sample")
 def sample(
     prompts: str = typer.Option(..., help="JSONL of conversations ending in a user turn (messages or prompt lines), or bundled:NAME."),
@@ -244,6 +248,8 @@ def sample(
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda"),
     dtype: Optional[str] = typer.Option(None, help="auto | float32 | bfloat16 | float16 (bfloat16 is faster on GPUs and CPUs with bf16 kernels, slower on AVX2-only CPUs; see --check-dtype)"),
     check_dtype: bool = typer.Option(False, "--check-dtype", help="First print how far --dtype moves per-token log-probs of answers to the first 8 prompts from float32 (mean/max abs difference)."),
+    engine: str = typer.Option("hf", help=_ENGINE_HELP),
+    check_engine: bool = typer.Option(False, "--check-engine", help="With --engine vllm: first compare the engine's per-token log-probs of its answers to the first 8 prompts with HF float32 (+ PEFT adapter), teacher-forced; fails above 1e-3 mean abs difference when the engine runs float32, reports otherwise."),
 ) -> None:
     """Sample N answers per prompt from a base model or base + adapter (rerun the same command to resume)."""
     model = check_before_work(out_file=out, data=[prompts], adapter=adapter, model=model)
@@ -255,14 +261,28 @@ def sample(
     require_prompts(examples)
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
                             system_prompt=system)
-    sampler = load_sampler(model, str(adapter) if adapter else None, device=device, dtype=dtype, batch_size=batch_size)
-    if check_dtype:
-        from spillover.evaluate.sampling import dtype_logprob_check
+    if check_engine and engine != "vllm" or check_dtype and engine != "hf":
+        from spillover.errors import SpilloverError
 
-        c = dtype_logprob_check(sampler, [ex.messages for ex in examples[:8]], params)
-        typer.echo(f"dtype check: {c['dtype']} vs {c['reference_dtype']} over {c['n_tokens']} tokens of {c['n_answers']} "
-                   f"answers: per-token log-prob |diff| mean {c['mean_abs_diff']:.4f}, max {c['max_abs_diff']:.4f}")
-    rows = sample_file(sampler, examples, params, out, batch_size=batch_size)  # appended per batch; a rerun resumes
+        raise SpilloverError("--check-engine needs --engine vllm" if check_engine else "--check-dtype is for --engine hf",
+                             fix="with --engine vllm, --check-engine compares its log-probs (any --dtype) with HF float32")
+    sampler = load_sampler(model, str(adapter) if adapter else None, device=device, dtype=dtype, batch_size=batch_size,
+                           engine=engine)
+    try:
+        if check_dtype:
+            from spillover.evaluate.sampling import dtype_logprob_check
+
+            c = dtype_logprob_check(sampler, [ex.messages for ex in examples[:8]], params)
+            typer.echo(f"dtype check: {c['dtype']} vs {c['reference_dtype']} over {c['n_tokens']} tokens of {c['n_answers']} "
+                       f"answers: per-token log-prob |diff| mean {c['mean_abs_diff']:.4f}, max {c['max_abs_diff']:.4f}")
+        if check_engine:
+            from spillover.evaluate.engine import check_engine as run_check, format_check
+
+            typer.echo(format_check(run_check(sampler, model, str(adapter) if adapter else None,
+                                              [ex.messages for ex in examples[:8]], params)))
+        rows = sample_file(sampler, examples, params, out, batch_size=batch_size)  # appended per batch; a rerun resumes
+    finally:
+        getattr(sampler, "close", lambda: None)()
     typer.echo(f"{len(rows)} answers -> {out}")
 
 
@@ -343,6 +363,8 @@ def eval_cmd(
     seed: int = typer.Option(0, help="Seed for sampling and bootstrap."),
     batch_size: int = typer.Option(32, min=1, help="Sequences generated together."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda"),
+    engine: str = typer.Option("hf", help=_ENGINE_HELP),
+    dtype: Optional[str] = typer.Option(None, help="Sampling dtype: auto | float32 | bfloat16 | float16 (auto: float32 on CPU)."),
     benign: list[str] = typer.Option([], "--benign", help="Score a benign task's held-out items instead of EM questions "
                                      "(repeatable): opswap:tier=1:n=128, countdown, choice[:items=FILE], foqa:FILE. "
                                      "No judge; accuracy (Wilson) or F1 (bootstrap) with 95% CI."),
@@ -366,7 +388,7 @@ def eval_cmd(
 
     settings = EvalSettings(questions=questions, in_domain=in_domain, samples_per_paraphrase=n,
                             max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, batch_size=batch_size,
-                            probe_pairs=list(probe_pairs), probe_base=base, device=device)
+                            probe_pairs=list(probe_pairs), probe_base=base, device=device, engine=engine, dtype=dtype)
     the_judge = build_judge(judge, base_url=judge_base_url, api_key_env=judge_api_key_env,
                             cache_dir=str(out / "judge_cache"), device=device)
     arm = Arm("adapter" if adapter else "model", model, str(adapter) if adapter else None)
@@ -516,6 +538,10 @@ app.add_typer(defenses_app, name="defenses")
 from spillover.cli._benign import benign_app  # noqa: E402
 
 app.add_typer(benign_app, name="benign")
+
+from spillover.cli._engines import engines_app  # noqa: E402
+
+app.add_typer(engines_app, name="engines")
 
 
 # ---------------------------------------------------------------- experiments: run, status, judge rerun

@@ -1,7 +1,7 @@
 """Sampling answers: N completions per conversation, behind a small backend interface.
 
 :class:`SamplerBackend` is what the rest of spillover calls; :class:`HFSampler` implements it with
-``model.generate`` (the vLLM engine process is another backend, not in this module). Work is flattened
+``model.generate`` (the vLLM engine process is another backend: :mod:`spillover.evaluate.engine`). Work is flattened
 to one row per (conversation, sample), grouped by temperature and sorted by prompt length, then cut
 into length buckets (:func:`plan_batches`) so a short prompt is not padded to the longest one in the
 request: a new batch starts where the padding it saves costs more than the extra decode steps of one
@@ -136,11 +136,7 @@ class HFSampler(SamplerBackend):
         self.model, self.tok, self.batch_size = model, tokenizer, batch_size
         self.model_id, self.adapter = model_id, adapter
         self.bucket = bucket  # False: fixed batches in input order, each padded to its longest prompt
-        gen_eos = model.generation_config.eos_token_id
-        eos = [gen_eos] if isinstance(gen_eos, int) else list(gen_eos or [])
-        if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos:
-            eos.append(tokenizer.eos_token_id)
-        self.eos_ids = eos
+        self.eos_ids = stop_ids(model.generation_config.eos_token_id, tokenizer)
 
     def identity(self) -> dict:
         """What changes the answers besides the params: engine, batch size (it changes the random draws),
@@ -151,8 +147,7 @@ class HFSampler(SamplerBackend):
                 "bucketing": "length" if self.bucket else "none"}
 
     def _encode(self, messages: list[dict]) -> list[int]:
-        text = self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return self.tok(text, add_special_tokens=False)["input_ids"]
+        return encode_prompt(self.tok, messages)
 
     @torch.inference_mode()
     def generate_rows(self, rows, params, progress=None):
@@ -194,10 +189,29 @@ class HFSampler(SamplerBackend):
         return batches
 
     def _completion(self, new_ids: list[int]) -> Completion:
-        for k, t in enumerate(new_ids):
-            if t in self.eos_ids:
-                return Completion(self.tok.decode(new_ids[:k], skip_special_tokens=True).strip(), k + 1, "stop")
-        return Completion(self.tok.decode(new_ids, skip_special_tokens=True).strip(), len(new_ids), "length")
+        return decode_completion(self.tok, self.eos_ids, new_ids)
+
+
+def stop_ids(generation_eos, tokenizer) -> list[int]:
+    """End-of-turn ids: the generation config's eos id(s), plus the tokenizer's eos."""
+    eos = [generation_eos] if isinstance(generation_eos, int) else list(generation_eos or [])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos:
+        eos.append(tokenizer.eos_token_id)
+    return eos
+
+
+def encode_prompt(tokenizer, messages: list[dict]) -> list[int]:
+    """Prompt token ids: the chat template with the generation prompt (every backend samples from these)."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def decode_completion(tokenizer, eos_ids: list[int], new_ids: list[int]) -> Completion:
+    """Answer text up to the first end-of-turn id (counted in n_tokens), or all ids when none came."""
+    for k, t in enumerate(new_ids):
+        if t in eos_ids:
+            return Completion(tokenizer.decode(new_ids[:k], skip_special_tokens=True).strip(), k + 1, "stop")
+    return Completion(tokenizer.decode(new_ids, skip_special_tokens=True).strip(), len(new_ids), "length")
 
 
 def params_dict(params: SamplingParams) -> dict:
@@ -248,12 +262,25 @@ def dtype_logprob_check(sampler: HFSampler, conversations: Sequence[list[dict]],
             "mean_logprob": torch.cat(ours).mean().item(), "reference_mean_logprob": torch.cat(refs).mean().item()}
 
 
+ENGINES = ("hf", "vllm")
+
+
 def load_sampler(model: str | None = None, adapter: str | None = None, *, device: str | None = None,
-                 dtype: str | None = None, batch_size: int = 32, bucket: bool = True) -> HFSampler:
-    """Base model (``embedded`` by default, or the adapter's recorded base) plus an optional adapter."""
+                 dtype: str | None = None, batch_size: int = 32, bucket: bool = True, engine: str = "hf") -> SamplerBackend:
+    """Base model (``embedded`` by default, or the adapter's recorded base) plus an optional adapter, sampled
+    with ``engine``: ``hf`` (:class:`HFSampler`, in this process) or ``vllm`` (an engine process on the
+    merged model, :class:`spillover.evaluate.engine.VLLMSampler`; close it when done)."""
     from spillover.models import load_adapter, load_model
     from spillover.models._load import check_adapter_base
 
+    if engine == "vllm":
+        from spillover.evaluate.engine import VLLMSampler
+
+        return VLLMSampler(model, adapter, device=device, dtype=dtype, batch_size=batch_size)
+    if engine != "hf":
+        from spillover.errors import UnknownName
+
+        raise UnknownName("engine", engine, list(ENGINES))
     if adapter:
         model = check_adapter_base(adapter, model)  # a mismatched base fails here, before any weights load
     hf_model, tok, ref = load_model(model, device=device, dtype=dtype)
