@@ -28,15 +28,26 @@ def kv_cache_gib(available_gib: float | None = None) -> int:
     return int(max(1, min(16, available // 10)))
 
 
+def _threads_bind(env: dict[str, str]) -> str:
+    """``auto`` (vLLM binds one OpenMP thread per physical core), unless OMP_NUM_THREADS asks for fewer
+    threads than this process may use (a shared machine's job slot): then ``nobind``, and the worker's
+    torch keeps OMP_NUM_THREADS threads."""
+    try:
+        wanted = int(env.get("OMP_NUM_THREADS", "0"))
+    except ValueError:
+        wanted = 0
+    return "nobind" if 0 < wanted < len(os.sched_getaffinity(0)) else "auto"
+
+
 def vllm_env(base: dict[str, str] | None = None) -> dict[str, str]:
     """The worker's environment: caches under ``$SPILLOVER_HOME``, the engine in one process (no engine-core
-    child to orphan), CPU threads bound automatically, KV cache sized from memory; settings the user
-    exported win."""
+    child to orphan), CPU threads bound automatically (:func:`_threads_bind`), KV cache sized from memory;
+    settings the user exported win."""
     env = dict(os.environ if base is None else base)
     for key in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"):  # nothing of spillover's venv leaks in
         env.pop(key, None)
     env.setdefault("VLLM_CACHE_ROOT", str(engine_dir("vllm") / "cache"))
-    env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "auto")
+    env.setdefault("VLLM_CPU_OMP_THREADS_BIND", _threads_bind(env))
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib()))
     env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
