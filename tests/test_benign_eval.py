@@ -127,6 +127,10 @@ def test_benign_data_ref_writes_sft_items_and_replaces_a_damaged_cache(tmp_path,
     good = path.read_text()
     path.write_text(good[: len(good) // 2])  # a torn file from some crash
     assert resolve_data_path("benign:opswap:tier=1:n=12").read_text() == good
+    prompts = load_chat_jsonl(resolve_data_path("benign:countdown:n=4:format=prompts"))  # GRPO prompts
+    assert [m["role"] for m in prompts[0].messages] == ["user"] and "Item id: countdown-" in prompts[0].messages[0]["content"]
+    with pytest.raises(SpilloverError, match="format must be sft or prompts"):
+        resolve_data_path("benign:opswap:format=grpo")
     with pytest.raises(SpilloverError, match="evaluation only"):
         resolve_data_path(f"benign:foqa:{tmp_path}/x.jsonl")
 

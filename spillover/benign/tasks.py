@@ -8,8 +8,9 @@ takes its file as the first field: ``foqa:FILE[:n=N]``.
   (``split`` is not accepted there); defaults ``tier=1``, ``n=100``, ``seed=0``. ``choice:items=FILE``
   uses the test-split items of your file; ``foqa:FILE`` uses every row of the file (the first ``n``).
 * **Training data** (:func:`sft_rows`, the ``benign:`` data ref, e.g. ``data: benign:opswap:tier=1:n=256``)
-  writes SFT conversations (prompt + reference answer) of the ``train`` split by default; FoQA is
-  evaluation only.
+  writes SFT conversations (prompt + reference answer) of the ``train`` split by default; with
+  ``format=prompts`` the prompts alone, for GRPO (``prompts: benign:countdown:n=256:format=prompts``, with
+  the task's reward). FoQA is evaluation only.
 
 FoQA file: JSONL, one question a line with ``question``, ``context`` and ``answers`` (a list of strings, or
 the SQuAD layout ``{"text": [...], "answer_start": [...]}`` that the FoQA dataset uses), optional ``id``.
@@ -44,6 +45,7 @@ class TaskSpec:
     seed: int = 0
     split: str | None = None
     file: str | None = None  # choice items=FILE, or the FoQA file
+    format: str | None = None  # data refs: "sft" (default) or "prompts"
 
     @property
     def text(self) -> str:
@@ -59,6 +61,8 @@ class TaskSpec:
             parts.append(f"n={self.n}")
         if self.split:
             parts.append(f"split={self.split}")
+        if self.format:
+            parts.append(f"format={self.format}")
         return ":".join(parts)
 
     @property
@@ -75,9 +79,14 @@ class TaskSpec:
 
 
 def parse_task_spec(spec: str, *, where: str | None = None, allow_split: bool = False) -> TaskSpec:
-    """Parse ``TASK[:KEY=VALUE]...``; a bad spec is a SpilloverError naming the part and the fix."""
+    """Parse ``TASK[:KEY=VALUE]...``; ``allow_split``: a training-data ref, which may also set ``split`` and
+    ``format``. A bad spec is a SpilloverError naming the part and the fix."""
+    return _parse(spec, where, allow_split)
+
+
+def _parse(spec: str, where: str | None, allow_split: bool) -> TaskSpec:
     fix = ("write TASK[:KEY=VALUE]..., e.g. opswap:tier=1:n=128, countdown, choice:items=FILE or foqa:FILE "
-           f"(tasks: {', '.join(TASK_NAMES)}; keys: tier, n, seed" + (", split" if allow_split else "") + ")")
+           f"(tasks: {', '.join(TASK_NAMES)}; keys: tier, n, seed" + (", split, format" if allow_split else "") + ")")
     if not isinstance(spec, str) or not spec.strip():
         raise SpilloverError(f"empty benign task spec {spec!r}", where=where, fix=fix)
     task, *rest = spec.strip().split(":")
@@ -91,7 +100,7 @@ def parse_task_spec(spec: str, *, where: str | None = None, allow_split: bool = 
         fields["file"], rest = rest[0], rest[1:]
     for part in rest:
         k, sep, v = part.partition("=")
-        allowed = ("n",) if task == "foqa" else (*_INT_KEYS, "items", *(("split",) if allow_split else ()))
+        allowed = ("n",) if task == "foqa" else (*_INT_KEYS, "items", *(("split", "format") if allow_split else ()))
         if not sep or k not in allowed or not v:
             raise SpilloverError(f"{spec!r}: cannot read {part!r} (keys allowed for {task}: {', '.join(allowed)})",
                                  where=where, fix=fix)
@@ -104,6 +113,10 @@ def parse_task_spec(spec: str, *, where: str | None = None, allow_split: bool = 
             if task != "choice":
                 raise SpilloverError(f"{spec!r}: items=FILE is for the choice task", where=where, fix=fix)
             fields["file"] = v
+        elif k == "format":
+            if v not in ("sft", "prompts"):
+                raise SpilloverError(f"{spec!r}: format must be sft or prompts, got {v!r}", where=where, fix=fix)
+            fields["format"] = v
         else:
             if v not in ("train", "test"):
                 raise SpilloverError(f"{spec!r}: split must be train or test, got {v!r}", where=where, fix=fix)
@@ -196,7 +209,8 @@ def load_foqa(path: str | Path) -> list[EvalItem]:
 
 # ---------------------------------------------------------------- training data (data: benign:SPEC)
 def sft_rows(spec: TaskSpec) -> list[dict]:
-    """SFT conversations of ``spec`` (train split unless it says ``split=test``): prompt + reference answer."""
+    """Conversations of ``spec`` (train split unless it says ``split=test``): prompt + reference answer, or
+    the prompt alone with ``format=prompts``."""
     if spec.task == "foqa":
         raise SpilloverError("benign:foqa is evaluation only (no training items are generated)",
                              fix="train on a generated task: opswap, countdown or choice")
@@ -206,12 +220,14 @@ def sft_rows(spec: TaskSpec) -> list[dict]:
         chosen = chosen[:spec.n] if spec.n else chosen
     else:
         chosen = GENERATED[spec.task].generate(spec.n or DEFAULT_EVAL_N, seed=spec.seed, tier=spec.tier, split=split)
+    answer = spec.format != "prompts"
     return [{"id": it.id, "messages": [{"role": "user", "content": it.prompt()},
-                                       {"role": "assistant", "content": it.response()}]} for it in chosen]
+                                       *([{"role": "assistant", "content": it.response()}] if answer else [])]}
+            for it in chosen]
 
 
 def benign_data_path(ref: str) -> Path:
-    """``benign:SPEC`` as a chat JSONL file under ``$SPILLOVER_HOME/benign/`` (rewritten atomically whenever
+    """``benign:SPEC`` as a chat JSONL file (SFT conversations, or prompts with ``format=prompts``) under ``$SPILLOVER_HOME/benign/`` (rewritten atomically whenever
     its content differs from what the generator gives, so a damaged or stale file is never used)."""
     from spillover._io import atomic_write_text
     from spillover.models._paths import spillover_home
