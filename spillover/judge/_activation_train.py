@@ -281,12 +281,12 @@ def train_activation_judge(labels_path: str | Path, out_path: str | Path, model_
 
 
 def _coherence_block(model, tokenizer, encoder: dict, refit: bool, batch_size: int) -> dict:
-    from spillover.judge._coherence import fit_coherence_calibration
+    from spillover.judge._coherence import fit_coherence_calibration, is_current
 
     if not refit and SHIPPED_PATH.is_file():
         shipped = read_judge_file(SHIPPED_PATH)
         same = all(shipped["encoder"].get(k) == encoder.get(k) for k in IDENTITY_KEYS)
-        if same and shipped.get("coherence"):
+        if same and is_current(shipped.get("coherence")):  # a map of an older calibration is refitted
             return {**shipped["coherence"], "copied_from": f"{SHIPPED_PATH.name} (sha256 {shipped['_sha256']})"}
     return fit_coherence_calibration(model, tokenizer, batch_size=batch_size)
 
