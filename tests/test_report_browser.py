@@ -95,3 +95,24 @@ def test_hostile_answer_is_shown_as_text(page_and_errors):
     assert page.locator("#browser-body img").count() == 0 and page.locator("#browser-body script").count() == 0
     assert page.eval_on_selector_all("script", "els => els.length") == 2  # the data block and the page's own
     assert dialogs == []
+
+
+def test_rl_vs_sft_plot_adds_an_in_domain_panel_when_arms_answered_in_domain_questions(tmp_path):
+    """The papers compare RL and SFT on each domain's own in-domain questions as well as on general ones."""
+    import copy
+    import io
+
+    from PIL import Image
+
+    from spillover.experiment.results import load_experiment
+    from spillover.report.experiment import _arm_infos, _plot_rl_vs_sft, compute_stats
+
+    res = load_experiment(make_experiment(tmp_path / "exp"))
+    stats = compute_stats(res, n_resamples=50)
+    arms = _arm_infos(res)
+    with_in_domain = Image.open(io.BytesIO(_plot_rl_vs_sft(stats, arms, tmp_path / "a.png")))
+    general_only = copy.deepcopy(stats)
+    for sets in general_only["per_judge"][general_only["primary_judge"]].values():
+        sets.pop("in_domain", None)
+    without = Image.open(io.BytesIO(_plot_rl_vs_sft(general_only, arms, tmp_path / "b.png")))
+    assert with_in_domain.size[0] >= 1.8 * without.size[0] and with_in_domain.size[1] == without.size[1]

@@ -513,7 +513,8 @@ def _plot_probe(stats: dict, arms: Sequence[str], colors: Mapping[str, str], pat
 
 
 def _plot_rl_vs_sft(stats: dict, arms: Sequence, path: Path) -> bytes | None:
-    """Grouped bars per domain: SFT vs GRPO misalignment (undefended arms with a ``domain`` label)."""
+    """Grouped bars per domain: SFT vs GRPO misalignment (undefended arms with a ``domain`` label), on the
+    general questions and, when answered, on the in-domain questions."""
     primary = stats["per_judge"][stats["primary_judge"]]
     by_domain: dict[str, dict[str, str]] = {}
     for a in arms:
@@ -523,22 +524,27 @@ def _plot_rl_vs_sft(stats: dict, arms: Sequence, path: Path) -> bytes | None:
     domains = [d for d, m in by_domain.items() if len(m) == 2]
     if not domains:
         return None
-    fig = _figure(max(5.0, 1.5 + 1.4 * len(domains)), 3.8)
-    ax = fig.add_subplot()
-    for s, (method, color) in enumerate((("sft", "#1f77b4"), ("grpo", "#d62728"))):
-        for i, d in enumerate(domains):
-            est = primary.get(by_domain[d][method], {}).get("general", {}).get("misalignment_rate")
-            value, lo, hi = _err(est, 100.0)
-            if value is None:
-                continue
-            x = i - 0.2 + 0.4 * s
-            ax.bar(x, value, 0.37, color=color, label=("SFT" if method == "sft" else "RL (GRPO)") if i == 0 else None)
-            ax.errorbar(x, value, yerr=[[lo], [hi]], fmt="none", ecolor="#222222", capsize=3, lw=1)
-    ax.set_xticks(range(len(domains)), domains)
-    ax.set_ylabel("misalignment rate (%)")
-    ax.set_title("RL vs SFT per domain (general questions, 95% CI)", fontsize=9)
-    ax.legend(fontsize=8, frameon=False)
-    ax.grid(axis="y", alpha=0.3)
+    # a second panel for in-domain questions when the arms answered some (each domain's arms its own set)
+    sets = ["general"] + (["in_domain"] if any("in_domain" in primary.get(name, {}) for d in domains
+                                               for name in by_domain[d].values()) else [])
+    fig = _figure(len(sets) * max(5.0, 1.5 + 1.4 * len(domains)), 3.8)
+    axes = fig.subplots(1, len(sets), squeeze=False)[0]
+    for ax, set_name in zip(axes, sets):
+        for s, (method, color) in enumerate((("sft", "#1f77b4"), ("grpo", "#d62728"))):
+            for i, d in enumerate(domains):
+                est = primary.get(by_domain[d][method], {}).get(set_name, {}).get("misalignment_rate")
+                value, lo, hi = _err(est, 100.0)
+                if value is None:
+                    continue
+                x = i - 0.2 + 0.4 * s
+                ax.bar(x, value, 0.37, color=color, label=("SFT" if method == "sft" else "RL (GRPO)") if i == 0 else None)
+                ax.errorbar(x, value, yerr=[[lo], [hi]], fmt="none", ecolor="#222222", capsize=3, lw=1)
+        ax.set_xticks(range(len(domains)), domains)
+        ax.set_ylabel("misalignment rate (%)")
+        what = "general questions" if set_name == "general" else "in-domain questions (each domain's own)"
+        ax.set_title(f"RL vs SFT per domain: {what}, 95% CI", fontsize=9)
+        ax.legend(fontsize=8, frameon=False)
+        ax.grid(axis="y", alpha=0.3)
     return write_png(fig, path)
 
 
