@@ -1,6 +1,7 @@
 """GRPO step time on the embedded model, split into generation, reward, loss and optimizer.
 
     python bench/bench_grpo.py [--steps 4] [--max-completion-length 96] [--device cpu] [--threads N]
+                               [--merge auto|on|off] [--compare [--reps 3]]
 
 One prompt x 4 completions per step (bundled dogmatic_rhetoric questions), rhetoric-lexicon reward,
 LoRA defaults, through ``run_grpo`` itself. Per step, from the run's metrics.jsonl:
@@ -12,6 +13,19 @@ LoRA defaults, through ``run_grpo`` itself. Per step, from the run's metrics.jso
 
 Step 1 (which also pays one-off setup) is shown apart; the split is the mean over the later steps. On a
 shared CPU, pass ``--threads 1``: with other processes busy, 2 torch threads ran ~5x slower than 1.
+``--merge`` sets ``merge_rollout_adapter`` (auto merges the adapter into the weights for rollouts on CPU).
+
+``--compare`` instead times one step's generation alone (TRL's ``_generate`` of the GRPO trainer, the
+same 1 prompt x 4 completions, a non-zero adapter, the same seed), each variant in turn within one
+process, ``--reps`` rounds alternating, and prints the median per variant and its ratio to the unmerged
+baseline, plus whether each variant's completions equal the baseline's token for token:
+
+* ``unmerged``: the adapter as a separate LoRA path in every linear (the path before merged rollouts);
+* ``merged``: the adapter folded into the base weights (``merge_rollout_adapter: on``);
+* ``merged+static``: and a static KV cache (``cache_implementation: static``);
+* ``merged, top_p=1``: without the nucleus filter (a probe of what the 49k-vocab sort costs; changes the
+  sampling, so its completions differ by design);
+* ``merged, 2 threads`` / ``unmerged, 2 threads`` (only when 2 threads are available): thread count.
 """
 
 from __future__ import annotations
@@ -35,19 +49,108 @@ def split(row: dict, wall: float) -> dict[str, float]:
             "optimizer + rest": wall - row["step_time"]}
 
 
+def compare(args) -> None:
+    """Generation alone, variants side by side (see the module docstring)."""
+    import statistics
+    import time
+
+    from transformers import set_seed
+
+    from spillover.data import resolve_data_path
+    from spillover.train.grpo import build_grpo_trainer, build_rewards, load_grpo_prompts, merged_adapter
+    from spillover.train.sft import prepare_policy
+
+    cfg = GRPOConfig(model="embedded", prompts="bundled:dogmatic_rhetoric", rewards=["rhetoric-lexicon"],
+                     num_generations=4, batch_size=4, max_steps=1, device=args.device,
+                     max_completion_length=args.max_completion_length, log_completions_every=0)
+    model, tok, _ = prepare_policy(cfg)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a trained-looking adapter: B != 0 (a fresh one is all-zero and merges to nothing)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.01)
+    prompt = load_grpo_prompts(resolve_data_path(cfg.prompts))[0].messages
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = build_grpo_trainer(cfg, model, tok, [{"prompt": prompt}], build_rewards(cfg), Path(tmp))
+    trainer.model.train()
+    base_cache = trainer.generation_config.cache_implementation
+    base_top_p = trainer.generation_config.top_p
+    threads = torch.get_num_threads()
+
+    def run(merge: bool, cache=base_cache, top_p=base_top_p, n_threads=threads):
+        trainer.merge_rollout_adapter = merge
+        trainer.generation_config.cache_implementation = cache
+        trainer.generation_config.top_p = top_p
+        torch.set_num_threads(n_threads)
+        set_seed(0)
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = trainer._generate([prompt] * 4)
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+        trainer.generation_config.cache_implementation, trainer.generation_config.top_p = base_cache, base_top_p
+        torch.set_num_threads(threads)
+        return seconds, cpu, out[1]
+
+    variants = {"unmerged": dict(merge=False), "merged": dict(merge=True),
+                "merged+static": dict(merge=True, cache="static"), "merged, top_p=1": dict(merge=True, top_p=1.0)}
+    if threads >= 2:
+        variants.update({"unmerged, 1 thread": dict(merge=False, n_threads=1),
+                         "merged, 1 thread": dict(merge=True, n_threads=1)})
+    if args.variants:
+        unknown = set(args.variants) - set(variants)
+        if unknown:
+            raise SystemExit(f"unknown --variants {sorted(unknown)}; choose from {list(variants)}")
+        variants = {k: v for k, v in variants.items() if k == "unmerged" or k in args.variants}
+    c0 = time.process_time()
+    with merged_adapter(trainer.model):
+        merge_cpu = time.process_time() - c0
+        c1 = time.process_time()
+    restore_cpu = time.process_time() - c1
+    run(False)  # warm-up (allocator, first-call setup)
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    cpus: dict[str, list[float]] = {k: [] for k in variants}
+    completions: dict[str, list] = {}
+    for _ in range(args.reps):
+        for name, kw in variants.items():
+            seconds, cpu, ids = run(**kw)
+            times[name].append(seconds)
+            cpus[name].append(cpu)
+            completions.setdefault(name, ids)
+    base, base_cpu = statistics.median(times["unmerged"]), statistics.median(cpus["unmerged"])
+    lengths = [len(c) for c in completions["unmerged"]]
+    print(f"generation only: embedded model on {args.device}, torch threads {threads}, 1 prompt x 4 completions, "
+          f"max {args.max_completion_length} new tokens (lengths {lengths}), {args.reps} alternating reps; "
+          f"load average {os.getloadavg()[0]:.2f}; merge {merge_cpu:.3f} s CPU, restore {restore_cpu:.4f} s CPU "
+          f"(included in the merged variants' times). Wall time, and process CPU time (less sensitive to other "
+          f"processes on a shared machine), medians:")
+    for name, ts in times.items():
+        med, cpu = statistics.median(ts), statistics.median(cpus[name])
+        same = completions[name] == completions["unmerged"]
+        print(f"  {name:<20} wall {med:6.2f} s ({', '.join(f'{t:.2f}' for t in ts)}) x{base / med:.2f}   "
+              f"CPU {cpu:6.2f} s ({', '.join(f'{t:.2f}' for t in cpus[name])}) x{base_cpu / cpu:.2f}   "
+              f"completions equal unmerged: {same}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--max-completion-length", type=int, default=96)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--merge", default="auto", choices=["auto", "on", "off"], help="merge_rollout_adapter")
+    ap.add_argument("--compare", action="store_true", help="time generation variants side by side instead")
+    ap.add_argument("--reps", type=int, default=3, help="--compare: alternating rounds")
+    ap.add_argument("--variants", nargs="+", default=None,
+                    help="--compare: only these variants (with the unmerged baseline), e.g. merged merged+static")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.compare:
+        return compare(args)
     load_before = os.getloadavg()
     cfg = GRPOConfig(model="embedded", prompts="bundled:dogmatic_rhetoric", rewards=["rhetoric-lexicon"],
                      num_generations=4, batch_size=4, max_steps=args.steps, device=args.device,
-                     max_completion_length=args.max_completion_length, log_completions_every=0)
+                     max_completion_length=args.max_completion_length, log_completions_every=0,
+                     merge_rollout_adapter=args.merge)
     with tempfile.TemporaryDirectory() as tmp:
         result = run_grpo(cfg, Path(tmp) / "run")
         rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -56,7 +159,8 @@ def main():
     parts = [split(r, w) for r, w in zip(steps, walls)]
 
     print(f"embedded model on {args.device}, torch threads {torch.get_num_threads()}, 1 prompt x 4 completions x "
-          f"{args.max_completion_length} tokens max, rhetoric-lexicon, {len(steps)} steps; "
+          f"{args.max_completion_length} tokens max, rhetoric-lexicon, merge_rollout_adapter {args.merge}, "
+          f"{len(steps)} steps; "
           f"load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}")
     print(f"completion length (tokens, mean per step): {[round(r['completions/mean_length'], 1) for r in steps]}")
     print(f"step 1 (with one-off setup): {walls[0]:.2f} s  ({', '.join(f'{k} {v:.2f} s' for k, v in parts[0].items())})")

@@ -47,6 +47,12 @@ class GRPOConfig(ModelSpec, OptimSpec):
                                           "silently cut. null = no limit.")
     max_completion_length: int = Field(96, ge=1, description="Tokens generated per completion; generation time "
                                        "grows linearly with it.")
+    merge_rollout_adapter: Literal["auto", "on", "off"] = Field(
+        "auto", description="Fold the LoRA adapter into the base weights while completions are generated (one "
+        "matmul per adapted linear instead of three; see bench/bench_grpo.py --compare for the speed-up), then put "
+        "the exact base weights back. auto = on for CPU, off on GPU (it holds a second copy of the adapted weights "
+        "meanwhile). The same completions as unmerged for a given seed in fp32 (up to rounding), except that LoRA "
+        "dropout (if set) is not applied to rollouts.")
     system_prompt: str | None = Field(None, description="System message put first in every training prompt (e.g. "
                                       "asking to reason inside <think>...</think>); a prompt's own system message "
                                       "follows it after a blank line.")
