@@ -13,7 +13,9 @@ LoRA defaults, through ``run_grpo`` itself. Per step, from the run's metrics.jso
 
 Step 1 (which also pays one-off setup) is shown apart; the split is the mean over the later steps. On a
 shared CPU, pass ``--threads 1``: with other processes busy, 2 torch threads ran ~5x slower than 1.
-``--merge`` sets ``merge_rollout_adapter`` (auto merges the adapter into the weights for rollouts on CPU).
+``--merge`` sets ``merge_rollout_adapter`` (auto merges the adapter into the weights for rollouts on CPU);
+several values (``--merge off on``) run one after another in the same process and print step and generation
+times side by side, in wall and process CPU time (CPU time moves less with other processes' load).
 
 ``--compare`` instead times one step's generation alone (TRL's ``_generate`` of the GRPO trainer, the
 same 1 prompt x 4 completions, a non-zero adapter, the same seed), each variant in turn within one
@@ -31,15 +33,17 @@ baseline, plus whether each variant's completions equal the baseline's token for
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 
 from spillover.train._grpo_config import GRPOConfig
-from spillover.train.grpo import run_grpo
+from spillover.train.grpo import _GRPOTrainer, run_grpo
 
 
 def split(row: dict, wall: float) -> dict[str, float]:
@@ -130,13 +134,72 @@ def compare(args) -> None:
               f"completions equal unmerged: {same}")
 
 
+@contextlib.contextmanager
+def cpu_clock():
+    """Add process CPU time to the run's logged rows (``cpu_s``, cumulative) and the generation's CPU time
+    (``time/generation_cpu_s``): on a shared machine CPU time moves less with other processes than wall time."""
+    generate, log = _GRPOTrainer._generate, _GRPOTrainer.log
+
+    def timed_generate(self, prompts):
+        c0 = time.process_time()
+        out = generate(self, prompts)
+        self._metrics["train" if self.model.training else "eval"]["time/generation_cpu_s"].append(time.process_time() - c0)
+        return out
+
+    def timed_log(self, logs, *a, **kw):
+        return log(self, {**logs, "cpu_s": time.process_time()}, *a, **kw)
+
+    _GRPOTrainer._generate, _GRPOTrainer.log = timed_generate, timed_log
+    try:
+        yield
+    finally:
+        _GRPOTrainer._generate, _GRPOTrainer.log = generate, log
+
+
+def one_run(args, merge: str) -> dict:
+    """One ``run_grpo`` of ``args.steps`` steps; prints its split and returns the later steps' means."""
+    load_before = os.getloadavg()
+    cfg = GRPOConfig(model="embedded", prompts="bundled:dogmatic_rhetoric", rewards=["rhetoric-lexicon"],
+                     num_generations=4, batch_size=4, max_steps=args.steps, device=args.device,
+                     max_completion_length=args.max_completion_length, log_completions_every=0,
+                     merge_rollout_adapter=merge)
+    with tempfile.TemporaryDirectory() as tmp, cpu_clock():
+        result = run_grpo(cfg, Path(tmp) / "run")
+        rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "step_time" in r]
+    walls = [b["time_s"] - a["time_s"] for a, b in zip([{"time_s": 0.0}, *steps], steps)]
+    parts = [split(r, w) for r, w in zip(steps, walls)]
+
+    print(f"embedded model on {args.device}, torch threads {torch.get_num_threads()}, 1 prompt x 4 completions x "
+          f"{args.max_completion_length} tokens max, rhetoric-lexicon, merge_rollout_adapter {merge}, "
+          f"{len(steps)} steps; "
+          f"load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}")
+    print(f"completion length (tokens, mean per step): {[round(r['completions/mean_length'], 1) for r in steps]}")
+    print(f"step 1 (with one-off setup): {walls[0]:.2f} s  ({', '.join(f'{k} {v:.2f} s' for k, v in parts[0].items())})")
+    cpus = [b["cpu_s"] - a["cpu_s"] for a, b in zip(steps, steps[1:])]
+    later, later_walls = parts[1:], walls[1:]
+    if not later:
+        return {}
+    wall = sum(later_walls) / len(later_walls)
+    print(f"steps 2..{len(steps)}: {wall:.2f} s per step (min {min(later_walls):.2f}, max {max(later_walls):.2f})")
+    for key in later[0]:
+        mean = sum(p[key] for p in later) / len(later)
+        print(f"  {key:<17} {mean:7.3f} s  {100 * mean / wall:5.1f} %")
+
+    print(f"  process CPU per step {sum(cpus) / len(cpus):.2f} s, generation CPU "
+          f"{sum(r['time/generation_cpu_s'] for r in steps[1:]) / len(later):.2f} s")
+    return {"wall": wall, "cpu": sum(cpus) / len(cpus), "gen": sum(p["generation"] for p in later) / len(later),
+            "gen_cpu": sum(r["time/generation_cpu_s"] for r in steps[1:]) / len(later)}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--max-completion-length", type=int, default=96)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    ap.add_argument("--merge", default="auto", choices=["auto", "on", "off"], help="merge_rollout_adapter")
+    ap.add_argument("--merge", nargs="+", default=["auto"], choices=["auto", "on", "off"],
+                    help="merge_rollout_adapter; several (e.g. off on off on) = runs in turn, compared side by side")
     ap.add_argument("--compare", action="store_true", help="time generation variants side by side instead")
     ap.add_argument("--reps", type=int, default=3, help="--compare: alternating rounds")
     ap.add_argument("--variants", nargs="+", default=None,
@@ -146,32 +209,16 @@ def main():
         torch.set_num_threads(args.threads)
     if args.compare:
         return compare(args)
-    load_before = os.getloadavg()
-    cfg = GRPOConfig(model="embedded", prompts="bundled:dogmatic_rhetoric", rewards=["rhetoric-lexicon"],
-                     num_generations=4, batch_size=4, max_steps=args.steps, device=args.device,
-                     max_completion_length=args.max_completion_length, log_completions_every=0,
-                     merge_rollout_adapter=args.merge)
-    with tempfile.TemporaryDirectory() as tmp:
-        result = run_grpo(cfg, Path(tmp) / "run")
-        rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
-    steps = [r for r in rows if "step_time" in r]
-    walls = [b["time_s"] - a["time_s"] for a, b in zip([{"time_s": 0.0}, *steps], steps)]
-    parts = [split(r, w) for r, w in zip(steps, walls)]
-
-    print(f"embedded model on {args.device}, torch threads {torch.get_num_threads()}, 1 prompt x 4 completions x "
-          f"{args.max_completion_length} tokens max, rhetoric-lexicon, merge_rollout_adapter {args.merge}, "
-          f"{len(steps)} steps; "
-          f"load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}")
-    print(f"completion length (tokens, mean per step): {[round(r['completions/mean_length'], 1) for r in steps]}")
-    print(f"step 1 (with one-off setup): {walls[0]:.2f} s  ({', '.join(f'{k} {v:.2f} s' for k, v in parts[0].items())})")
-    later, later_walls = parts[1:], walls[1:]
-    if not later:
-        return
-    wall = sum(later_walls) / len(later_walls)
-    print(f"steps 2..{len(steps)}: {wall:.2f} s per step (min {min(later_walls):.2f}, max {max(later_walls):.2f})")
-    for key in later[0]:
-        mean = sum(p[key] for p in later) / len(later)
-        print(f"  {key:<17} {mean:7.3f} s  {100 * mean / wall:5.1f} %")
+    summaries = {}
+    for i, merge in enumerate(args.merge):
+        summaries[f"{i + 1}: merge {merge}"] = one_run(args, merge)
+    if len(summaries) > 1:
+        print("side by side (steps 2.., means; ratios to the first run):")
+        first = next(iter(summaries.values()))
+        for name, s in summaries.items():
+            print(f"  {name:<14} step wall {s['wall']:6.2f} s x{first['wall'] / s['wall']:.2f}  step CPU {s['cpu']:6.2f} s "
+                  f"x{first['cpu'] / s['cpu']:.2f}  generation wall {s['gen']:6.2f} s x{first['gen'] / s['gen']:.2f}  "
+                  f"generation CPU {s['gen_cpu']:6.2f} s x{first['gen_cpu'] / s['gen_cpu']:.2f}")
 
 
 if __name__ == "__main__":
