@@ -187,6 +187,13 @@ def report(out: Path, args, pairs: dict, done: dict, t0: float) -> str:
             est = bootstrap_mean_ci(np.mean(stacked, axis=0), seed=0)
             results[arm][name] = {"delta_vs_base": est.value, "ci95": [est.ci_low, est.ci_high], "n_pairs": est.n,
                                   "per_seed": [float(np.mean(d)) for d in stacked]}
+        common = sorted(set(seeds) & set(done.get("none", {})))
+        if arm != "none" and common:  # paired with the undefended run of the same seed: the defense's own effect
+            results[arm]["vs_none"] = {"seeds": common}
+            for name in pairs:
+                est = bootstrap_mean_ci(np.mean([per_seed[s][name] - done["none"][s][name] for s in common], axis=0),
+                                        seed=0)
+                results[arm]["vs_none"][name] = {"delta": est.value, "ci95": [est.ci_low, est.ci_high]}
         arm_notes = [f"s{s}: {n}" for s in seeds if (n := note_for(arm, out / f"{arm}-s{s}"))]
         if arm_notes:
             notes[arm] = arm_notes
@@ -200,12 +207,18 @@ def report(out: Path, args, pairs: dict, done: dict, t0: float) -> str:
             if times:
                 timings[run.name] = round(max(times), 1)
     header = ("| arm | seeds | " + " | ".join(f"{n} Δ vs base [95% CI] (n={len(pairs[n])})" for n in PAIR_SETS)
-              + " |")
+              + " | general Δ vs none | in-domain Δ vs none |")
     lines = [f"SFT on {DATA}, {args.steps} steps x batch 4, lr 3e-4; probe shift = mean log-prob/token of "
              "misaligned minus aligned answer; cells: adapter minus base (seeds averaged per pair, 95% bootstrap "
-             "CI over pairs).", "", header, "|" + "---|" * (len(PAIR_SETS) + 2)]
+             "CI over pairs); 'vs none': minus the undefended run of the same seed, paired per pair.", "", header,
+             "|" + "---|" * (len(PAIR_SETS) + 4)]
+
+    def cell(d, key):
+        return f"{d[key]:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
+
     for arm, res in results.items():
-        cells = [f"{res[n]['delta_vs_base']:+.3f} [{res[n]['ci95'][0]:+.3f}, {res[n]['ci95'][1]:+.3f}]" for n in pairs]
+        cells = [cell(res[n], "delta_vs_base") for n in pairs]
+        cells += [cell(res["vs_none"][n], "delta") if "vs_none" in res else "—" for n in ("general", "in-domain")]
         lines.append(f"| {arm} | {','.join(map(str, res['seeds']))} | " + " | ".join(cells) + " |")
     if notes:
         lines += [""] + [f"- {arm}: " + "; ".join(v) for arm, v in notes.items()]
