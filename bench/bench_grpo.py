@@ -164,7 +164,7 @@ def one_run(args, merge: str) -> dict:
                      max_completion_length=args.max_completion_length, log_completions_every=0,
                      merge_rollout_adapter=merge)
     with tempfile.TemporaryDirectory() as tmp, cpu_clock():
-        result = run_grpo(cfg, Path(tmp) / "run")
+        result = run_grpo(cfg, Path(tmp) / "run", checkpoint_minutes=None)  # no timed checkpoint inside a step
         rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "step_time" in r]
     walls = [b["time_s"] - a["time_s"] for a, b in zip([{"time_s": 0.0}, *steps], steps)]

@@ -11,6 +11,9 @@ answer, the weighted total reward, the advantage, each function's reward and its
 ``time/reward/<name>_s``. Prompts longer than ``max_prompt_length`` are an error (TRL 1.16 has no
 prompt limit, and cutting a chat prompt silently would train on a different question).
 
+Rollouts on CPU run with the LoRA adapter merged into the base weights (``merge_rollout_adapter``, see
+:func:`merged_adapter`): the same completions, the base weights put back bit-exactly before the loss.
+
 Accepted trade-off: the timing and sample hooks override two private TRL methods (``_generate``) and
 read ``_logs``/``_metrics``; they are pinned to TRL 1.16's GRPOTrainer.
 """
