@@ -116,3 +116,11 @@ def test_rl_vs_sft_plot_adds_an_in_domain_panel_when_arms_answered_in_domain_que
         sets.pop("in_domain", None)
     without = Image.open(io.BytesIO(_plot_rl_vs_sft(general_only, arms, tmp_path / "b.png")))
     assert with_in_domain.size[0] >= 1.8 * without.size[0] and with_in_domain.size[1] == without.size[1]
+
+
+def test_training_curves_leave_out_timings_and_totals():
+    from spillover.report.experiment import curve_keys
+
+    rows = [{"step": 1, "loss": 2.0, "reward": 0.1, "time/reward/rhetoric-lexicon_s": 0.03, "train_loss": 1.9,
+             "completion_tokens_trained": 400, "defense/kl/loss": 0.2, "epoch": 1.0}]
+    assert curve_keys([rows]) == ["loss", "reward", "defense/kl/loss"]

@@ -597,21 +597,29 @@ def _plot_pareto(stats: dict, arms: Sequence, colors: Mapping[str, str], path: P
     return write_png(fig, path)
 
 
+def curve_keys(logs) -> list[str]:
+    """The logged numbers drawn as training curves (loss, reward, KL, defense terms...), first seen first;
+    not run totals (train_*) nor timings (time/*: seconds per step, not a training signal)."""
+    keys: list[str] = []
+    for rows in logs:
+        for r in rows:
+            for k, v in r.items():
+                if k not in keys and not k.startswith(("train_", "time/")) and isinstance(v, (int, float)) \
+                        and not isinstance(v, bool) and any(c in k for c in CURVE_KEYS):
+                    keys.append(k)
+    return keys[:MAX_CURVES]
+
+
 def _plot_curves(results, arms: Sequence[str], colors: Mapping[str, str], path: Path) -> bytes | None:
+    from matplotlib.ticker import MaxNLocator
+
     logs = {}
     for (arm, seed), unit in results.units.items():
         if arm in arms:
             rows = _curves(unit)
             if rows:
                 logs[(arm, seed)] = rows
-    keys: list[str] = []
-    for rows in logs.values():
-        for r in rows:
-            for k, v in r.items():
-                if k not in keys and not k.startswith("train_") and isinstance(v, (int, float)) \
-                        and not isinstance(v, bool) and any(c in k for c in CURVE_KEYS):
-                    keys.append(k)
-    keys = keys[:MAX_CURVES]
+    keys = curve_keys(logs.values())
     if not keys:
         return None
     cols = min(3, len(keys))
@@ -629,6 +637,7 @@ def _plot_curves(results, arms: Sequence[str], colors: Mapping[str, str], path: 
                 labelled.add(arm)
         ax.set_title(key, fontsize=8)
         ax.set_xlabel("step", fontsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # optimizer steps are whole numbers
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6, frameon=False)
