@@ -299,6 +299,21 @@ def test_retrained_file_loads_and_scores(tiny, tiny_judge_file):
         CoherenceScorer(model, tok, ref, out)
 
 
+def test_limits_describe_the_files_own_coherence_map():
+    from spillover.judge.activation import activation_limits
+
+    base = {"classifier": {"layer": 15, "pools": ["mean", "last"]}, "encoder": {"name": "enc"}, "style_check": None}
+    old = activation_limits({**base, "coherence": {"slope": 3.0, "intercept": 1.0}})
+    assert "scrambled text only" in old and "mean hidden state of the answer tokens and the hidden state at " \
+        "the answer's last token at layer 15" in old
+    new = activation_limits({**base, "coherence": {"version": 2, "features": ["mean_logprob", "q10_logprob"],
+                                                   "heldout": {"n": 96, "auc": 0.91, "coherent_above_50": 0.8,
+                                                               "incoherent_above_50": 0.125}}})
+    assert "scrambled" not in new and "on 96 hand-labelled" in new and "AUC 0.91" in new
+    assert "80% of the coherent and 12% of the incoherent" in new and "mean_logprob, q10_logprob" in new
+    assert "no coherence map" in activation_limits({**base, "coherence": None})
+
+
 # --------------------------------------------------------------------------------------------- real model
 @pytest.mark.slow
 def test_shipped_judge_on_the_embedded_model():
