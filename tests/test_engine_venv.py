@@ -60,3 +60,24 @@ def test_worker_environment(home):
     assert env["VLLM_CPU_OMP_THREADS_BIND"] == ("nobind" if many else "auto")
     assert vllm_env({})["VLLM_CPU_OMP_THREADS_BIND"] == "auto"
     assert kv_cache_gib(4.0) == 1 and kv_cache_gib(64.0) == 6 and kv_cache_gib(1000.0) == 16
+
+
+def test_sampling_with_a_missing_engine_fails_before_any_work(home):
+    from spillover.evaluate.sampling import load_sampler
+
+    with pytest.raises(SpilloverError, match="vllm engine is not installed") as e:
+        load_sampler("embedded", engine="vllm")
+    assert "spillover engines install vllm" in str(e.value) and "--engine hf" in str(e.value)
+    with pytest.raises(SpilloverError, match="unknown engine 'vlm'"):
+        load_sampler("embedded", engine="vlm")
+
+
+def test_experiment_sampling_engine_setting():
+    from pydantic import ValidationError
+
+    from spillover.experiment.spec import SamplingSpec
+
+    assert "engine" not in SamplingSpec().model_dump()  # stage hashes of experiments made before it hold
+    assert SamplingSpec(engine="vllm").model_dump()["engine"] == "vllm"
+    with pytest.raises(ValidationError):
+        SamplingSpec(engine="tgi")
