@@ -276,10 +276,10 @@ def sample(
             typer.echo(f"dtype check: {c['dtype']} vs {c['reference_dtype']} over {c['n_tokens']} tokens of {c['n_answers']} "
                        f"answers: per-token log-prob |diff| mean {c['mean_abs_diff']:.4f}, max {c['max_abs_diff']:.4f}")
         if check_engine:
-            from spillover.evaluate.engine import check_engine as run_check, format_check
+            from spillover.evaluate import engine as engine_check
 
-            typer.echo(format_check(run_check(sampler, model, str(adapter) if adapter else None,
-                                              [ex.messages for ex in examples[:8]], params)))
+            typer.echo(engine_check.format_check(engine_check.check_engine(
+                sampler, model, str(adapter) if adapter else None, [ex.messages for ex in examples[:8]], params)))
         rows = sample_file(sampler, examples, params, out, batch_size=batch_size)  # appended per batch; a rerun resumes
     finally:
         getattr(sampler, "close", lambda: None)()
