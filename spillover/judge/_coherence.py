@@ -11,6 +11,10 @@ Features (:data:`FEATURES`), all from ONE teacher-forced forward pass of the enc
   is unsure what comes next in text that makes no sense, whatever token was actually written;
 * ``surprise``: mean of (log-probability + entropy), i.e. how much likelier each token was than the
   encoder expected; prose that is uncertain by nature is not penalised for it;
+* ``surprise_abs``, ``surprise_sq``: its distance from 0. Text sampled from the encoder at T = 1 has
+  surprise near 0 by construction (each token is as likely as the encoder expected); the embedded model's
+  word salad is such text, while careful writing sits away from 0 on either side (low-temperature answers
+  above, human-written answers below), so the map needs this non-monotone term;
 * ``fragment_share``: share of words of 4+ letters that the tokenizer splits into 3+ pieces (made-up
   fragments such as "dthereums");
 * ``repetition``: share of repeated word trigrams (loops).
@@ -91,6 +95,8 @@ FEATURES: dict[str, str] = {
     "low_share": f"share of answer tokens with log-probability < {LOW_LOGPROB:g}",
     "mean_entropy": "mean entropy (nats) of the encoder's next-token distribution over the answer",
     "surprise": "mean of (token log-probability + entropy): likelier (> 0) or less likely (< 0) than expected",
+    "surprise_abs": "|surprise|: how far the answer is from reading like the encoder's own unconstrained sample",
+    "surprise_sq": "surprise squared",
     "fragment_share": "share of words of 4+ letters split into 3+ tokens (made-up word fragments)",
     "repetition": "share of the answer's word trigrams that repeat an earlier one",
 }
@@ -164,9 +170,11 @@ def repetition(text: str) -> float:
 
 def feature_row(stats: TokenStats, answer: str, tokenizer) -> dict[str, float]:
     lp, ent = stats.logprob, stats.entropy
+    surprise = float(np.mean(lp + ent))
     return {"mean_logprob": float(lp.mean()), "q10_logprob": float(np.quantile(lp, 0.1)),
             "low_share": float(np.mean(lp < LOW_LOGPROB)), "mean_entropy": float(ent.mean()),
-            "surprise": float(np.mean(lp + ent)), "fragment_share": fragment_share(answer, tokenizer),
+            "surprise": surprise, "surprise_abs": abs(surprise), "surprise_sq": surprise * surprise,
+            "fragment_share": fragment_share(answer, tokenizer),
             "repetition": repetition(answer)}
 
 
