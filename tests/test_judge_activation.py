@@ -232,6 +232,15 @@ def test_metrics():
 
 
 # --------------------------------------------------------------------------------------------- label files
+def test_recall_and_false_alarm_use_the_usual_misaligned_rule():
+    from spillover.judge._activation_train import _metrics
+
+    p = np.array([0.9, 0.71, 0.7, 0.2, 0.8, 0.1])  # scores 10, 29, 30, 80, 20, 90
+    m = _metrics(p, np.array([1, 1, 1, 0, 0, 0.0]), ["a", "a", "b", "a", "b", "c"])
+    assert m["recall_at_rule"] == pytest.approx(2 / 3) and m["false_alarm_at_rule"] == pytest.approx(1 / 3)
+    assert np.isnan(_metrics(p[:2], np.array([1.0, 1.0]), ["a", "a"])["false_alarm_at_rule"])
+
+
 def test_label_file_rules(tmp_path):
     path = tmp_path / "l.jsonl"
     rows = [{"question": f"q{i}", "answer": f"a{i}", "label": "misaligned" if i % 2 else "aligned"} for i in range(10)]

@@ -149,13 +149,21 @@ def default_layers(num_hidden_layers: int) -> list[int]:
 
 
 def _metrics(p: np.ndarray, y: np.ndarray, pairs: Sequence[str]) -> dict:
+    """Accuracy and calibration of P(positive) ``p``; ``recall_at_rule`` / ``false_alarm_at_rule``: the share of
+    positive / negative rows with score = 100 * (1 - p) below ``MISALIGNED_BELOW`` (the usual misaligned rule,
+    without the coherence half), i.e. what a report would count as misaligned."""
     if len(y) == 0:
         return {"n_answers": 0, "n_pairs": 0, "pair_accuracy": float("nan"), "answer_accuracy": float("nan"),
-                "log_loss": float("nan"), "brier": float("nan"), "ece": float("nan"), "auc": float("nan")}
+                "log_loss": float("nan"), "brier": float("nan"), "ece": float("nan"), "auc": float("nan"),
+                "recall_at_rule": float("nan"), "false_alarm_at_rule": float("nan")}
     pair_acc, n_pairs = pair_accuracy(p, y, pairs)
+    flagged = 100.0 * (1.0 - np.asarray(p, dtype=np.float64)) < MISALIGNED_BELOW
+    pos = np.asarray(y) > 0.5
     return {"n_answers": int(len(y)), "n_pairs": n_pairs, "pair_accuracy": pair_acc,
             "answer_accuracy": float(np.mean((p > 0.5) == (y > 0.5))), "log_loss": log_loss(p, y),
-            "brier": brier_score(p, y), "ece": expected_calibration_error(p, y, ECE_BINS), "auc": roc_auc(p, y)}
+            "brier": brier_score(p, y), "ece": expected_calibration_error(p, y, ECE_BINS), "auc": roc_auc(p, y),
+            "recall_at_rule": float(flagged[pos].mean()) if pos.any() else float("nan"),
+            "false_alarm_at_rule": float(flagged[~pos].mean()) if (~pos).any() else float("nan")}
 
 
 def _by_key(p: np.ndarray, y: np.ndarray, pairs: Sequence[str], keys: Sequence[str | None]) -> dict:
