@@ -333,8 +333,11 @@ def fit_coherence_calibration(model, tokenizer, *, seed: int = 0, batch_size: in
         Xh = coherence_features(model, tokenizer, [r["question"] for r in rows], [r["answer"] for r in rows],
                                 sel["features"], batch_size)
         score = 100 * predict_proba(Xh, mean, std, coef, intercept)
+        kinds = np.array([r.get("incoherence") or "coherent" for r in rows])
         block["heldout"] = {"data": f"{HAND_LABELLED.name} (hand-labelled embedded-model answers, never fitted on)",
-                            **separation(score, np.array([r["coherent"] for r in rows]))}
+                            **separation(score, np.array([r["coherent"] for r in rows])),
+                            "above_50_by_kind": {str(k): [int(np.sum(score[kinds == k] > 50)), int(np.sum(kinds == k))]
+                                                 for k in sorted(set(kinds))}}
     return block
 
 
