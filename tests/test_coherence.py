@@ -125,8 +125,12 @@ def test_separation_counts_shares_above_50():
 
 def test_fit_writes_a_map_the_scorer_reads(tmp_path, tiny, one_thread):
     model, tok, ref = tiny
-    block = fit_coherence_calibration(model, tok, max_items=8, heldout=False, batch_size=8)
-    assert block["version"] == CALIBRATION_VERSION and is_current(block) and block["heldout"] is None
+    block = fit_coherence_calibration(model, tok, max_items=8, batch_size=8)
+    assert block["version"] == CALIBRATION_VERSION and is_current(block)
+    held = block["heldout"]
+    assert held["n"] == 96 and held["n_coherent"] == 26 and 0 <= held["auc"] <= 1
+    assert {k: v[1] for k, v in held["above_50_by_kind"].items()} == {"coherent": 26, "word_salad": 38, "fluent": 29,
+                                                                      "loop": 3}
     assert 1 <= len(block["features"]) == len(block["coef"]) == len(block["mean"]) and block["l2"] in L2_GRID
     assert set(block["features"]) <= set(FEATURES) and block["selection"]["path"][0]["added"] == block["features"][0]
     counts = block["calibration_set"]["counts"]
