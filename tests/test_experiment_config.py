@@ -166,6 +166,13 @@ def test_arm_in_domain_sets_are_checked_before_training(tmp_path):
         load_experiment_config(p)
     with pytest.raises(ValidationError, match="evaluate is false"):
         cfg(arms=[{"name": "a", "evaluate": False, "evaluation": {"in_domain": {"file": "x"}}}])
+    own_probe = {"name": "own", "evaluation": {"probe": [str(tmp_path / "no_pairs.jsonl")]}}
+    with pytest.raises(SpilloverError, match="no_pairs.jsonl"):  # an arm's own probe set is checked too
+        preflight(cfg(arms=[{"name": "base"}, own_probe]))
+    c = cfg(arms=[{"name": "base"}, {"name": "own", "evaluation": {"probe": ["bundled:probe_control", "bundled:probe_general"]}}])
+    assert c.evaluation_for(c.arm("own")).probe == ["bundled:probe_general", "bundled:probe_control"]  # added once
+    assert c.evaluation_for(c.arm("base")).probe == ["bundled:probe_general"] and c.probe_sets() == ["bundled:probe_general",
+                                                                                                     "bundled:probe_control"]
 
 
 def test_gpu_examples_ask_each_domain_its_own_in_domain_questions(tmp_path, monkeypatch):

@@ -89,7 +89,7 @@ def preflight(cfg: ExperimentConfig, *, strict: bool = True) -> list[str]:
             if key not in checked:
                 checked.add(key)
                 soft(lambda a=arm: question_sets(cfg, a)["in_domain"])
-    for ref in cfg.evaluation.probe:
+    for ref in cfg.probe_sets():
         soft(load_pairs, ref)
     for b in cfg.evaluation.benign:  # a benign task's file (FoQA, choice items) is read before anything trains
         from spillover.benign.tasks import eval_items, parse_task_spec
@@ -177,7 +177,7 @@ def _index(cfg: ExperimentConfig, old: ExperimentIndex | None) -> ExperimentInde
 
     return ExperimentIndex(name=cfg.name, spillover_version=__version__, created=old.created if old else now_iso(),
                            config_sha256=sha256_json(cfg.model_dump(mode="json")), model=cfg.model, seeds=list(cfg.seeds),
-                           arms=arms, judges=judges, probe_sets=[ProbeSetInfo(key=probe_key(r), ref=r) for r in ev.probe],
+                           arms=arms, judges=judges, probe_sets=[ProbeSetInfo(key=probe_key(r), ref=r) for r in cfg.probe_sets()],
                            question_sets=qsets, sampling=ev.sampling.model_dump(mode="json"), env=environment_info())
 
 
@@ -293,14 +293,15 @@ def plan_rows(cfg: ExperimentConfig) -> list[dict]:
 def _in_domain_text(cfg: ExperimentConfig, arm) -> str:
     """The in-domain set an arm answers and how many answers, for the dry-run table."""
     qs = cfg.evaluation_for(arm).in_domain
+    probe = f"probe + {', '.join(arm.evaluation.probe)}" if arm.evaluate and arm.evaluation and arm.evaluation.probe else ""
     if not arm.evaluate or qs is None:
-        return "-"
+        return probe or "-"
     own = "" if arm.evaluation is None or arm.evaluation.in_domain is None else " (arm's own)"
     try:
         n = f"{len(question_sets(cfg, arm)['in_domain'][1])} answers"
     except SpilloverError:
         n = "not loadable here"
-    return f"{qs.file}{own}: {n}"
+    return f"{qs.file}{own}: {n}" + (f"; {probe}" if probe else "")
 
 
 def print_plan(cfg: ExperimentConfig, console=None) -> None:
@@ -323,6 +324,7 @@ def print_plan(cfg: ExperimentConfig, console=None) -> None:
         counts = ", ".join(f"{name}: {len(reqs)} answers" for name, (_, reqs) in question_sets(cfg).items())
     except SpilloverError as e:
         counts = f"questions not loadable here ({e.what.splitlines()[0]})"
+    extra = [r for r in cfg.probe_sets() if r not in ev.probe]
     if any(a.evaluation is not None and a.evaluation.in_domain is not None for a in cfg.all_arms()):
         counts += (" (in_domain: the default; " if ev.in_domain else "; in_domain: ") + "arms with their own set show it in the table"
         counts += ")" if ev.in_domain else ""
@@ -335,7 +337,8 @@ def print_plan(cfg: ExperimentConfig, console=None) -> None:
             n = f"not loadable here: {e.what.splitlines()[0]}"
         counts += f"; benign {b.task}: {n}"
     console.print(f"per evaluated arm and seed: {counts}; judges: {', '.join(j.spec for j in ev.judges)} "
-                  f"(first is primary); probe: {', '.join(ev.probe) or 'none'} (base model scored once)")
+                  f"(first is primary); probe: {', '.join(ev.probe) or 'none'}"
+                  f"{' + arms own: ' + ', '.join(extra) if extra else ''} (base model scored once)")
 
 
 def run_experiment(cfg: ExperimentConfig, out: str | Path, *, executor=None, force_stages: tuple[str, ...] = ()) -> Path:
@@ -345,7 +348,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, executor=None, for
     preflight(cfg)
     out = prepare(cfg, out, force_stages=force_stages)
     executor = executor or executor_for(cfg, out)
-    if cfg.evaluation.probe:
+    if cfg.probe_sets():
         executor.run_base(out)
     failures = []
     for wave in waves(cfg):

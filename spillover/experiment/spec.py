@@ -64,6 +64,8 @@ class ArmEvaluationSpec(StrictModel):
 
     in_domain: QuestionSetSpec | None = Field(None, description="This arm's in-domain questions (e.g. its training "
                                               "domain's set); replaces the experiment's evaluation.in_domain for this arm.")
+    probe: list[str] = Field(default_factory=list, description="Contrast-pair sets this arm is probed on besides the "
+                             "experiment's (e.g. its domain's in-domain pairs); the base model scores each once.")
 
 
 class ArmSpec(StrictModel):
@@ -82,8 +84,9 @@ class ArmSpec(StrictModel):
     def _check(self):
         if self.n_items and not self.train:
             raise ValueError("n_items needs a train recipe")
-        if self.evaluation is not None and self.evaluation.in_domain is not None and not self.evaluate:
-            raise ValueError("evaluation.in_domain is set but evaluate is false (the arm is never evaluated)")
+        if self.evaluation is not None and (self.evaluation.in_domain is not None or self.evaluation.probe) \
+                and not self.evaluate:
+            raise ValueError("evaluation overrides are set but evaluate is false (the arm is never evaluated)")
         if self.train is not None:  # the method's own checks (e.g. GRPO's batch/group sizes), before anything runs
             try:
                 recipe_config(self.train, model="embedded", seed=0, device="auto", dtype="auto")
@@ -293,9 +296,20 @@ class ExperimentConfig(StrictModel):
 
     def evaluation_for(self, arm: ArmSpec) -> EvaluationSpec:
         """The evaluation section this arm runs: the experiment's, with the arm's overrides in place."""
-        if arm.evaluation is None or arm.evaluation.in_domain is None:
-            return self.evaluation
-        return self.evaluation.model_copy(update={"in_domain": arm.evaluation.in_domain})
+        over, update = arm.evaluation, {}
+        if over is not None and over.in_domain is not None:
+            update["in_domain"] = over.in_domain
+        if over is not None and over.probe:
+            update["probe"] = list(dict.fromkeys([*self.evaluation.probe, *over.probe]))
+        return self.evaluation.model_copy(update=update) if update else self.evaluation
+
+    def probe_sets(self) -> list[str]:
+        """Every contrast-pair set some evaluated arm is probed on (the base model scores each once)."""
+        refs = list(self.evaluation.probe)
+        for a in self.all_arms():
+            if a.evaluate:
+                refs += self.evaluation_for(a).probe
+        return list(dict.fromkeys(refs))
 
     def arm(self, name: str) -> ArmSpec:
         return next(a for a in self.all_arms() if a.name == name)

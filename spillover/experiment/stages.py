@@ -133,12 +133,12 @@ def judge_own(j: JudgeSpec, batch: int) -> str:
     return sha256_json({"spec": j.spec, "base_url": j.base_url, "batch": batch})
 
 
-def probe_own(cfg: ExperimentConfig, seed: int) -> str:
-    return sha256_json({"probe": cfg.evaluation.probe, "seed": seed, "model": cfg.model})
+def probe_own(cfg: ExperimentConfig, arm: ArmSpec, seed: int) -> str:
+    return sha256_json({"probe": cfg.evaluation_for(arm).probe, "seed": seed, "model": cfg.model})
 
 
 def base_probe_own(cfg: ExperimentConfig) -> str:
-    return sha256_json({"probe": cfg.evaluation.probe, "model": cfg.model, "dtype": cfg.dtype})
+    return sha256_json({"probe": cfg.probe_sets(), "model": cfg.model, "dtype": cfg.dtype})
 
 
 def summarise_own(seed: int) -> str:
@@ -159,7 +159,7 @@ def own_hashes(cfg: ExperimentConfig, arm: ArmSpec, seed: int) -> dict[str, str]
         out["sample"] = sample_own(cfg, arm, seed)
         for j in cfg.evaluation.judges:
             out[f"judge.{judge_id(j)}"] = judge_own(j, cfg.evaluation.judge_batch)
-        out["probe"] = probe_own(cfg, seed)
+        out["probe"] = probe_own(cfg, arm, seed)
         if cfg.evaluation.benign:
             out["benign"] = benign_own(cfg, seed)
         out["summarise"] = summarise_own(seed)
@@ -277,7 +277,8 @@ def run_base_probe(out: str | Path) -> None:
     """Score every probe set under the base model once per experiment."""
     out = Path(out)
     cfg = load_saved_config(out)
-    if not cfg.evaluation.probe:
+    refs = cfg.probe_sets()
+    if not refs:
         return
     folder = base_dir(out)
     stage = Stage(folder, "probe", base_probe_own(cfg), {})
@@ -286,7 +287,7 @@ def run_base_probe(out: str | Path) -> None:
         from spillover.models import load_model
 
         model, tok, ref = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
-        logps = probe_logprobs(model, tok, cfg.evaluation.probe, cfg.evaluation.probe_batch)
+        logps = probe_logprobs(model, tok, refs, cfg.evaluation.probe_batch)
         for r, logp in logps.items():
             atomic_write_json(folder / "probe" / f"{probe_key(r)}.json",
                               {**probe_summary(r, logp, None, 0, {"model": ref.display, "adapter": None}), "logp": logp})
@@ -433,22 +434,23 @@ def _sample(cfg, arm, seed, folder, unit_model: UnitModel, up_train) -> bool:
 
 
 def _probe(out, cfg, arm, seed, folder, unit_model: UnitModel, up_train) -> bool:
-    if not cfg.evaluation.probe:
+    refs = cfg.evaluation_for(arm).probe  # the experiment's sets and the arm's own
+    if not refs:
         return False
-    stage = Stage(folder, "probe", probe_own(cfg, seed), {"train": up_train, "base": base_probe_run_id(out)})
+    stage = Stage(folder, "probe", probe_own(cfg, arm, seed), {"train": up_train, "base": base_probe_run_id(out)})
 
     def body():
         base = {r: json.loads((base_dir(out) / "probe" / f"{probe_key(r)}.json").read_text())["logp"]
-                for r in cfg.evaluation.probe}
+                for r in refs}
         adapter = unit_model.adapter
         if adapter is None:
             logps = base  # the arm is the base model: the same weights give the same numbers
             meta = {"model": cfg.model, "adapter": None}
         else:
             model, tok, ref = unit_model.get()
-            logps = probe_logprobs(model, tok, cfg.evaluation.probe, cfg.evaluation.probe_batch)
+            logps = probe_logprobs(model, tok, refs, cfg.evaluation.probe_batch)
             meta = {"model": ref.display, "adapter": adapter}
-        for r in cfg.evaluation.probe:
+        for r in refs:
             atomic_write_json(folder / "probe" / f"{probe_key(r)}.json", probe_summary(r, logps[r], base[r], seed, meta))
 
     return stage.run(body, lambda: shutil.rmtree(folder / "probe", ignore_errors=True))
