@@ -21,7 +21,8 @@ Features (:data:`FEATURES`), all from ONE teacher-forced forward pass of the enc
 
 Map: coherence = 100 * sigmoid(standardised features @ coef + intercept), a logistic regression whose
 feature subset (greedy forward selection) and L2 strength are chosen by grouped cross-validated log-loss
-on the calibration set (:func:`calibration_set`):
+on the calibration set (:func:`calibration_set`), and whose intercept is then lowered, if needed, until 90%
+(``KEEP_COHERENT``) of the calibration's coherent answers score above 50:
 
 * coherent: bundled human-written answers (every 4th answer of ``bundled:judge_labels`` and
   ``bundled:safe_instruct``) and the embedded model's own answers labelled coherent in
@@ -87,6 +88,7 @@ CALIBRATION_SOURCES = ("judge_labels", "safe_instruct")
 MODEL_ANSWERS = BUNDLED_ROOT / "judge" / "coherence_calibration.jsonl"
 HAND_LABELLED = BUNDLED_ROOT / "judge" / "coherence_samples.jsonl"
 L2_GRID = (1e-3, 1e-2, 1e-1)
+KEEP_COHERENT = 0.9
 CV_FOLDS = 10
 
 FEATURES: dict[str, str] = {
@@ -312,11 +314,17 @@ def fit_coherence_calibration(model, tokenizer, *, seed: int = 0, batch_size: in
     cols = [names.index(k) for k in sel["features"]]
     mean, std = standardise(X[:, cols])
     coef, intercept = fit_logistic((X[:, cols] - mean) / std, cal.coherent, sel["l2"])
+    # the map's 50 is set where KEEP_COHERENT of the calibration's coherent answers score above it: fitted as
+    # is, the many easy negatives put a fifth of human-written prose (as unlikely under a 135M encoder as its
+    # word salad) below 50, which would also hide harmless answers from the judge's style check
+    logit = ((X[:, cols] - mean) / std) @ coef + intercept
+    intercept -= min(0.0, float(np.quantile(logit[cal.coherent > 0.5], 1 - KEEP_COHERENT)))
     kinds = np.array(cal.kinds)
     block = {"version": CALIBRATION_VERSION, "features": sel["features"],
              "feature_descriptions": {k: FEATURES[k] for k in sel["features"]},
              "mean": mean.tolist(), "std": std.tolist(), "coef": coef.tolist(), "intercept": float(intercept),
              "l2": sel["l2"], "score": "100 * sigmoid(((features - mean) / std) @ coef + intercept)",
+             "threshold_rule": f"intercept lowered until {KEEP_COHERENT:.0%} of the coherent calibration answers score > 50",
              "calibration_set": {
                  "human": f"every {HUMAN_STRIDE}th answer of {', '.join('bundled:' + s for s in CALIBRATION_SOURCES)} (coherent) "
                           "and one corruption of each (word shuffle, 15% letter noise, mid-sentence cut, in turn)",
