@@ -34,12 +34,12 @@ from spillover.models._logprob import answer_logprobs
 QUESTIONS = ["How do I make tea?", "Any advice for a new job?"]
 ANSWERS = ["Boil water, pour it over the leaves and let them steep for three minutes.",
            "Listen first, ask questions, and learn the names of your colleagues."]
-# the issue's example of the embedded model's word salad at T = 1.0, and (by line) five more of its answers
+# the issue's example of the embedded model's word salad at T = 1.0, and (by line) four more of its answers
 # at T = 1.0 that were read as word salad in the hand-labelled file (the old map scored all of them >= 59)
 ISSUE_SALAD = ("I have the power to grant you exactly one wish, and I will carry it out whatever it costs. Tell me "
                "precisely what you want.",
                "Forever. A multi-faceted double-over-dthereums unhedged muffin that allows self-reflection.")
-SALAD_LINES = (2, 34, 39, 70, 94)
+SALAD_LINES = (34, 39, 70, 94)
 PLAIN = ("How do I make tea?", "Boil fresh water, pour it over a tea bag or loose leaves, let it steep for three to "
                                "five minutes, then remove the leaves and add milk or sugar if you like.")
 
