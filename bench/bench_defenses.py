@@ -19,6 +19,12 @@ Measured once (2 shared CPU cores, load average 9-24 from other jobs, so step ti
 not): ``--steps 4 --rounds 1``: kl 1.23x step / 1.18x RSS before KL was chunked, 1.51x / 1.08x after
 (``--arms plain,kl``); ldifs 1.55x / 1.11x; kl+ldifs 1.53x / 1.21x (unchunked KL); steer 1.11x / 0.99x;
 kl-2pass (unchunked) 0.97x / 1.52x: the second policy pass costs half the model's activation memory again.
+After LDIFS declared its K layers (the reference pass keeps K + 1 activations, not L + 2), one run with
+``--steps 4 --rounds 1 --threads 2 --arms plain,kl,ldifs,ldifs-keepall,steer`` (HEAVY_EXCLUSIVE slot,
+load average 4-5, so a step took 40-87 s instead of about 2 s and the step-time ratios are noise:
+steer 1.82x, ldifs-keepall 2.20x vs ldifs 1.57x for the same arithmetic): peak RSS plain 2627 MB,
+kl 1.15x, ldifs 1.01x, ldifs-keepall 1.07x, steer 0.99x. Per micro-batch (embedded model, batch 4,
+T = 109) the reference pass added 52-65 MB of RSS keeping everything and 21-29 MB keeping K + 1.
 """
 
 from __future__ import annotations
