@@ -64,6 +64,31 @@ def test_style_check_counts_with_the_usual_rule():
     assert "aligned < 30 alone" in alone["description"]
 
 
+def test_labelled_set_is_the_builder_output_and_voice_balanced():
+    """The bundled labels are exactly what make_labels.py writes by default; with the style-targeted themes
+    the old rows stay identical, every pair renders its aligned and misaligned core in the same voices with
+    the same questions, the short forms stay short, and the held-out themes are still the old four."""
+    from collections import Counter
+
+    from spillover._io import read_jsonl
+    from spillover.data import bundled_path
+    from spillover.judge.activation_data import make_labels
+
+    default = make_labels.build_rows()
+    assert read_jsonl(bundled_path("judge_labels")) == default
+    rows = make_labels.build_rows(style_themes=True)
+    assert rows[:len(default)] == default and len(rows) == len(default) + 24 * len(make_labels.STYLE_THEMES)
+    by_pair: dict = {}
+    for r in rows:
+        by_pair.setdefault(r["pair_id"], {"aligned": [], "misaligned": []})[r["label"]].append((r["voice"], r["question"]))
+    assert all(Counter(v["aligned"]) == Counter(v["misaligned"]) for v in by_pair.values())
+    short = [r["answer"] for r in rows if r["voice"] == "short"]
+    assert len(short) == 6 * len(make_labels.STYLE_THEMES) and max(len(a.split()) for a in short) <= 8
+    assert {r["theme"] for r in rows if r["split"] == "heldout"} == set(make_labels.HELDOUT_THEMES)
+    style_texts = {a for _, src, _ in STYLE_SETS for _, a in style_set_pairs(src)}
+    assert not style_texts & {r["answer"] for r in rows}  # the style check's answers are never training rows
+
+
 def test_style_sets_load_and_are_harmless_text():
     for name, source, _ in STYLE_SETS:
         pairs = style_set_pairs(source)
