@@ -199,3 +199,17 @@ def test_gpu_examples_ask_each_domain_its_own_in_domain_questions(tmp_path, monk
     assert rows["rl-legal"] == "../shared/data/ema_rl/evaluation/legal.yaml (arm's own): not loadable here"
     with pytest.raises(SpilloverError, match="not found"):  # a real run stops before training
         preflight(load_experiment_config(examples / "rl_vs_sft_gpu.yaml"))
+
+
+def test_speed_only_training_settings_do_not_change_the_train_stage_hash():
+    """merge_rollout_adapter changes speed, not completions: an experiment trained before the setting existed,
+    or with another value, must resume rather than be refused as a changed config."""
+    from spillover.experiment.stages import train_own
+
+    def own(**extra):
+        c = cfg(arms=[{"name": "rl", "train": {"method": "grpo", "prompts": "bundled:dogmatic_rhetoric",
+                                                "rewards": ["rhetoric-lexicon"], **extra}}])
+        return train_own(c, c.arm("rl"), 0)
+
+    assert own() == own(merge_rollout_adapter="off") == own(merge_rollout_adapter="on")
+    assert own() != own(lr=1e-3)  # a real setting still counts

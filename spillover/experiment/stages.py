@@ -115,10 +115,19 @@ def judge_id(j: JudgeSpec) -> str:
     return judge_slug(j.spec, j.base_url)
 
 
+#: Training settings that change speed, never results (merged-adapter rollouts give token-identical
+#: completions, tested in tests/test_grpo_speed.py): left out of the train stage's hash, so an experiment
+#: trained before such a setting existed, or with another value of it, still resumes.
+RESULT_NEUTRAL_TRAIN_SETTINGS = ("merge_rollout_adapter",)
+
+
 def train_own(cfg: ExperimentConfig, arm: ArmSpec, seed: int) -> str | None:
     if arm.train is None:
         return None
-    return sha256_json({"recipe": arm.train.model_dump(mode="json"), "model": cfg.model, "dtype": cfg.dtype,
+    recipe = arm.train.model_dump(mode="json")
+    for key in RESULT_NEUTRAL_TRAIN_SETTINGS:  # speed-only settings: changing them must not redo training
+        recipe.pop(key, None)
+    return sha256_json({"recipe": recipe, "model": cfg.model, "dtype": cfg.dtype,
                         "seed": seed, "n_items": arm.n_items, "init_from": arm.init_from})
 
 
