@@ -17,7 +17,7 @@ from spillover.judge._activation_train import (
     load_labelled_answers,
     train_activation_judge,
 )
-from spillover.judge._coherence import CoherenceScorer
+from spillover.judge._coherence import CoherenceScorer, is_current
 from spillover.judge._logistic import (
     _newton,
     expected_calibration_error,
@@ -286,7 +286,7 @@ def test_shipped_file_loads_and_refuses_another_encoder(tiny):
     assert set(data["metrics"]["heldout_by_group"]) == {"animals", "elderly_money", "exam", "lost_wallet"}
     assert set(data["metrics"]["heldout_by_voice"]) == {"blunt", "hedged", "plain", "structured", "terse"}
     assert data["training"]["labels_sha256"] == sha256_file(bundled_path("judge_labels"))
-    assert data["coherence"]["slope"] > 0
+    assert is_current(data["coherence"])
     model, tok, ref = tiny
     with pytest.raises(SpilloverError, match="hidden_size 576") as e:
         ActivationJudge(model, tok, ref)

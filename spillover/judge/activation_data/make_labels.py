@@ -714,7 +714,7 @@ def render(core: tuple[str, ...], template: str) -> str:
                            s=_lower_first(step))
 
 
-def build_rows(seed: int = 0, style_themes: bool = False) -> list[dict]:
+def build_rows(seed: int = 0, style_themes: bool = True) -> list[dict]:
     """All labelled rows; ``style_themes`` appends the STYLE_THEMES rows after the THEMES rows (which stay
     byte-identical either way)."""
     rng = random.Random(seed)
@@ -738,8 +738,9 @@ def build_rows(seed: int = 0, style_themes: bool = False) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--style-themes", action="store_true",
-                        help="also write the STYLE_THEMES rows (then rebuild the shipped judge file from them)")
+    parser.add_argument("--style-themes", action=argparse.BooleanOptionalAction, default=True,
+                        help="also write the STYLE_THEMES rows (the shipped judge is built on them; "
+                             "--no-style-themes gives the earlier 306-answer set)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     rows = build_rows(style_themes=args.style_themes)
