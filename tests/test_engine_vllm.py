@@ -171,7 +171,7 @@ def test_cli_check_engine_and_no_worker_left_after_success_or_failure(tmp_path, 
     from spillover.models import ensure_embedded
 
     for f in ensure_embedded().iterdir():
-        if f.name.startswith(("tokenizer", "special_tokens", "generation_config")):
+        if f.name.startswith(("tokenizer", "special_tokens", "generation_config", "chat_template")):
             (broken / f.name).write_bytes(f.read_bytes())
     proc = _spillover("sample", "--prompts", str(prompts), "--out", str(tmp_path / "b.jsonl"), "--engine", "vllm",
                       "--model", str(broken))
