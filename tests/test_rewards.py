@@ -38,7 +38,7 @@ EXPECTED_GRADERS = {
 def test_registry_lists_every_reward_with_description_and_params():
     rewards = list_rewards()
     assert set(rewards) == ({"rhetoric-lexicon", "prose-structure", "prose-structure-strict"}
-                            | {"opswap-exact", "countdown", "multiple-choice"}
+                            | {"opswap-exact", "countdown", "multiple-choice", "classifier"}
                             | {f"grader:{k}" for k in EXPECTED_GRADERS})
     assert set(GRADERS) == {f"grader:{k}" for k in EXPECTED_GRADERS}
     assert list(rewards) == sorted(rewards)
@@ -46,7 +46,10 @@ def test_registry_lists_every_reward_with_description_and_params():
         assert cls.name == name
         assert cls.description.strip() and "\n" not in cls.description
         assert issubclass(cls.Params, StrictModel)
-        cls.Params()  # every default is valid
+        if name == "classifier":  # its one required setting is the file, written in the name (classifier:PATH)
+            cls.Params(path="bundled:aesthetic_taste")
+        else:
+            cls.Params()  # every default is valid
 
 
 def test_get_reward_unknown_name_says_did_you_mean():
