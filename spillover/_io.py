@@ -92,6 +92,26 @@ def clean_stale_temps(folder: str | os.PathLike, *, recursive: bool = False) -> 
     return removed
 
 
+def read_versioned_json(path: str | os.PathLike, *, name: str, kind: str, file_format: str, version: int,
+                        retrain: str) -> dict:
+    """A JSON file spillover wrote with ``format`` and ``version`` keys (judge and classifier files), checked
+    for both; ``name`` ("classifier file") and ``kind`` ("a classifier reward file") word the errors,
+    ``retrain`` is the command that writes a current one."""
+    fix = f"point at a file written by `{retrain}`"
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SpilloverError(f"{name} not found", where=str(path), fix=fix) from None
+    except (OSError, ValueError) as e:
+        raise SpilloverError(f"{name} is not readable JSON: {e}", where=str(path), fix=fix) from None
+    if not isinstance(data, dict) or data.get("format") != file_format:
+        raise SpilloverError(f"not {kind} (format should be {file_format!r})", where=str(path), fix=fix)
+    if data.get("version") != version:
+        raise SpilloverError(f"file version {data.get('version')} is not {version}", where=str(path),
+                             fix=f"retrain it with this spillover version: {retrain}")
+    return data
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from spillover._io import sha256_file
+from spillover._io import read_versioned_json, sha256_file
 from spillover.errors import SpilloverError
 from spillover.judge._aggregate import JudgeScore
 from spillover.judge._logistic import predict_proba
@@ -230,17 +229,8 @@ def read_judge_file(path: str | Path | None = None) -> dict:
     """The parsed classifier file (default: the shipped one), checked for format and required fields."""
     path = Path(path) if path is not None else SHIPPED_PATH
     fix = f"point at a file written by `{RETRAIN_FIX}`"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SpilloverError("activation judge file not found", where=str(path), fix=fix) from None
-    except (OSError, ValueError) as e:
-        raise SpilloverError(f"activation judge file is not readable JSON: {e}", where=str(path), fix=fix) from None
-    if not isinstance(data, dict) or data.get("format") != FILE_FORMAT:
-        raise SpilloverError(f"not an activation judge file (format should be {FILE_FORMAT!r})", where=str(path), fix=fix)
-    if data.get("version") != FILE_VERSION:
-        raise SpilloverError(f"file version {data.get('version')} is not {FILE_VERSION}", where=str(path),
-                             fix=f"retrain it with this spillover version: {RETRAIN_FIX}")
+    data = read_versioned_json(path, name="activation judge file", kind="an activation judge file",
+                               file_format=FILE_FORMAT, version=FILE_VERSION, retrain=RETRAIN_FIX)
     clf = data.get("classifier") or {}
     missing = [k for k in ("layer", "mean", "std", "coef", "intercept") if k not in clf] + \
               [k for k in ("hidden_size", "name") if k not in (data.get("encoder") or {})]

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field, field_validator
 
-from spillover._io import atomic_write_json, iter_jsonl_objects, sha256_file
+from spillover._io import atomic_write_json, iter_jsonl_objects, read_versioned_json, sha256_file
 from spillover.config import StrictModel
 from spillover.data import resolve_data_path
 from spillover.errors import SpilloverError, UnknownName
@@ -247,19 +247,11 @@ def resolve_classifier_path(spec: str | Path) -> Path:
 
 def read_classifier_file(spec: str | Path) -> dict:
     """The parsed and checked classifier file (``spec``: a path or ``bundled:NAME``)."""
-    import json
 
     path = resolve_classifier_path(spec)
     fix = f"point at a file written by `{TRAIN_FIX}`"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise SpilloverError(f"classifier file is not readable JSON: {e}", where=str(path), fix=fix) from None
-    if not isinstance(data, dict) or data.get("format") != FILE_FORMAT:
-        raise SpilloverError(f"not a classifier reward file (format should be {FILE_FORMAT!r})", where=str(path), fix=fix)
-    if data.get("version") != FILE_VERSION:
-        raise SpilloverError(f"file version {data.get('version')} is not {FILE_VERSION}", where=str(path),
-                             fix=f"retrain it with this spillover version: {TRAIN_FIX}")
+    data = read_versioned_json(path, name="classifier file", kind="a classifier reward file",
+                               file_format=FILE_FORMAT, version=FILE_VERSION, retrain=TRAIN_FIX)
     clf, enc = data.get("classifier") or {}, data.get("encoder") or {}
     missing = [k for k in ("layer", "mean", "std", "coef", "intercept") if k not in clf] + \
               [k for k in ("ref", "name", "hidden_size") if k not in enc]
