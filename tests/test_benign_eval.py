@@ -131,7 +131,7 @@ def test_benign_data_ref_writes_sft_items_and_replaces_a_damaged_cache(tmp_path,
     assert [m["role"] for m in prompts[0].messages] == ["user"] and "Item id: countdown-" in prompts[0].messages[0]["content"]
     with pytest.raises(SpilloverError, match="format must be sft or prompts"):
         resolve_data_path("benign:opswap:format=grpo")
-    with pytest.raises(SpilloverError, match="evaluation only"):
+    with pytest.raises(SpilloverError, match="FoQA file not found"):  # FoQA trains on its file's rows
         resolve_data_path(f"benign:foqa:{tmp_path}/x.jsonl")
 
 

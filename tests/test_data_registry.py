@@ -281,6 +281,22 @@ def test_foqa_items(fake_hub):
     assert FOQA[0]["context"] in items[0].prompt and FOQA[0]["question"] in items[0].prompt
 
 
+def test_foqa_by_name_as_benign_task_eval_and_training_data(fake_hub):
+    from spillover.benign.tasks import eval_items, parse_task_spec
+
+    spec = parse_task_spec("foqa:hub:foqa:n=1")
+    assert (spec.file, spec.n) == ("hub:foqa", 1) and ":" not in spec.key  # the key names a folder
+    assert [(i.id, i.golds) for i in eval_items(spec)] == [("q1", ("Tórshavn",))]
+    assert fake_hub["calls"] == 1  # fetched once, then read from the cache
+    train = load_chat_jsonl(resolve_data_path("benign:foqa:hub:foqa_train"))
+    assert [e.messages[-1]["content"] for e in train] == ["Answer: Tórshavn", "Answer: 18"]
+    assert FOQA[0]["question"] in train[0].messages[0]["content"]
+    with pytest.raises(SpilloverError, match="keys allowed for foqa: n"):  # the file is the split
+        resolve_data_path("benign:foqa:hub:foqa_train:split=train")
+    with pytest.raises(SpilloverError, match="foqa_train"):  # an unknown dataset: did you mean
+        eval_items(parse_task_spec("foqa:hub:foqa_trian"))
+
+
 def test_rl_paper_prompts_sft_and_questions(fake_hub):
     prompts = _rows(dataset_path("ema_rl_grpo_medical"))
     assert prompts == [{"messages": [{"role": "user", "content": "Is fasting safe for diabetics?"}],

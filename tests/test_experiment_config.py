@@ -127,6 +127,29 @@ def test_missing_data_and_adapter_fail_before_training(tmp_path):
         preflight(cfg(arms=[{"name": "a", "init_from": str(tmp_path / "adapter")}]))
 
 
+def test_defense_data_refs_are_checked_before_training(tmp_path, monkeypatch):
+    """Every data reference of a defense (hub:, bundled:, or a declared data key such as interleave's safe_data)
+    resolves before anything trains; a hub: dataset is fetched then in a real run, only looked up in --dry-run."""
+    from spillover.data import _registry
+
+    monkeypatch.setenv("SPILLOVER_HOME", str(tmp_path / "home"))
+
+    def arm(defense):
+        return cfg(arms=[{"name": "a", "train": {**SFT, "defenses": [defense]}}])
+
+    with pytest.raises(SpilloverError, match="data file not found") as e:
+        preflight(arm({"name": "interleave", "safe_data": str(tmp_path / "safe.jsonl")}))  # a plain path, declared
+    assert e.value.render().startswith("arm 'a', defense 'interleave', safe_data: data file not found")
+    with pytest.raises(SpilloverError, match="wildguardmix_safe"):  # a typo in a hub name: did you mean
+        preflight(arm({"name": "interleave", "safe_data": "hub:wildguardmix_saef"}), strict=False)
+    fetched = []
+    monkeypatch.setattr(_registry, "fetch", lambda name: fetched.append(name) or tmp_path / "x.jsonl")
+    warnings = preflight(arm({"name": "interleave", "safe_data": "hub:wildguardmix_safe"}), strict=False)
+    assert fetched == [] and any("not cached" in w and "spillover data fetch wildguardmix_safe" in w for w in warnings)
+    preflight(arm({"name": "interleave", "safe_data": "hub:wildguardmix_safe"}))  # a real run fetches it first
+    assert fetched == ["wildguardmix_safe"]
+
+
 def test_comparison_files_load_as_their_experiment(tmp_path):
     p = write(tmp_path, "data: bundled:dogmatic_rhetoric\nn_items: 8\ngrpo: {rewards: [rhetoric-lexicon], batch_size: 4}\n")
     c = load_experiment_config(p)

@@ -2,7 +2,8 @@
 
 Grammar: ``TASK[:KEY=VALUE]...`` with the keys of ``spillover benign generate`` (``tier``, ``n``, ``seed``,
 ``split``), e.g. ``opswap:tier=1:n=128``, ``countdown:tier=2``, ``choice``, ``choice:items=FILE``. FoQA
-takes its file as the first field: ``foqa:FILE[:n=N]``.
+takes its file as the first field: ``foqa:FILE[:n=N]``, where FILE may also be a registered dataset
+(``foqa:hub:foqa``, the gated FoQA test split; ``hub:foqa_train`` its train split).
 
 * **Evaluation** (:func:`eval_items`) always uses the held-out ``test`` split of generated tasks
   (``split`` is not accepted there); defaults ``tier=1``, ``n=100``, ``seed=0``. ``choice:items=FILE``
@@ -10,7 +11,8 @@ takes its file as the first field: ``foqa:FILE[:n=N]``.
 * **Training data** (:func:`sft_rows`, the ``benign:`` data ref, e.g. ``data: benign:opswap:tier=1:n=256``)
   writes SFT conversations (prompt + reference answer) of the ``train`` split by default; with
   ``format=prompts`` the prompts alone, for GRPO (``prompts: benign:countdown:n=256:format=prompts``, with
-  the task's reward). FoQA is evaluation only.
+  the task's reward). FoQA trains on the rows of its file (``benign:foqa:hub:foqa_train``), each answered
+  as ``Answer: <first gold span>``, the format its evaluation scores.
 
 FoQA file: JSONL, one question a line with ``question``, ``context`` and ``answers`` (a list of strings, or
 the SQuAD layout ``{"text": [...], "answer_start": [...]}`` that the FoQA dataset uses), optional ``id``.
@@ -70,7 +72,7 @@ class TaskSpec:
         """Folder-safe name: ``opswap-t1-n128`` (generated) or ``foqa-<stem>-<hash>`` (files)."""
         if self.file:
             digest = hashlib.sha256(self.text.encode()).hexdigest()[:6]
-            return f"{self.task}-{Path(self.file).stem}-{digest}"
+            return f"{self.task}-{Path(self.file).stem.replace(':', '-')}-{digest}"
         return f"{self.task}-t{self.tier}-s{self.seed}-n{self.n or DEFAULT_EVAL_N}"
 
     @property
@@ -94,6 +96,8 @@ def _parse(spec: str, where: str | None, allow_split: bool) -> TaskSpec:
         raise UnknownName("benign task", task, list(TASK_NAMES), where=where)
     fields: dict[str, Any] = {}
     if task == "foqa":
+        if len(rest) > 1 and rest[0] in ("hub", "bundled") and rest[1] and "=" not in rest[1]:
+            rest = [f"{rest[0]}:{rest[1]}", *rest[2:]]  # foqa:hub:NAME / foqa:bundled:NAME, a dataset by name
         if not rest or "=" in rest[0] or not rest[0]:
             raise SpilloverError(f"{spec!r}: FoQA needs its file, foqa:FILE", where=where,
                                  fix="write foqa:PATH.jsonl (question, context, answers per line)")
@@ -183,6 +187,10 @@ def load_foqa(path: str | Path) -> list[EvalItem]:
     """FoQA-style JSONL (module docstring) as evaluation items; a bad line is an error naming file:line."""
     from spillover._io import iter_jsonl_objects
 
+    if str(path).startswith(("hub:", "bundled:")):  # foqa:hub:foqa, the registered dataset (spillover data show foqa)
+        from spillover.data import resolve_data_path
+
+        path = resolve_data_path(str(path))
     path = Path(path)
     if not path.is_file():
         raise SpilloverError(f"FoQA file not found: {path}", fix="give a JSONL file of {question, context, answers}")
@@ -211,16 +219,18 @@ def load_foqa(path: str | Path) -> list[EvalItem]:
 def sft_rows(spec: TaskSpec) -> list[dict]:
     """Conversations of ``spec`` (train split unless it says ``split=test``): prompt + reference answer, or
     the prompt alone with ``format=prompts``."""
-    if spec.task == "foqa":
-        raise SpilloverError("benign:foqa is evaluation only (no training items are generated)",
-                             fix="train on a generated task: opswap, countdown or choice")
+    answer = spec.format != "prompts"
+    if spec.task == "foqa":  # the rows of the file (e.g. hub:foqa_train), answered in the format eval scores
+        items = load_foqa(spec.file)
+        return [{"id": it.id, "messages": [{"role": "user", "content": it.prompt},
+                                           {"role": "assistant", "content": f"Answer: {it.golds[0]}"}]}
+                for it in (items[:spec.n] if spec.n else items)]
     split = spec.split or "train"
     if spec.task == "choice" and spec.file:
         chosen = choice.select_split(choice.load_items(spec.file), split)
         chosen = chosen[:spec.n] if spec.n else chosen
     else:
         chosen = GENERATED[spec.task].generate(spec.n or DEFAULT_EVAL_N, seed=spec.seed, tier=spec.tier, split=split)
-    answer = spec.format != "prompts"
     return [{"id": it.id, "messages": [{"role": "user", "content": it.prompt()},
                                        *([{"role": "assistant", "content": it.response()}] if answer else [])]}
             for it in chosen]

@@ -219,7 +219,7 @@ class Interleave(Defense):
                               "safe rows; GRPO multiplies the safe SFT term by weight. 0 = off.")
         fraction: float = Field(0.05, gt=0, lt=1, description="Share of the SFT stream that is safe data (GRPO: "
                                 "one safe micro-batch every round(1/fraction) micro-batches). Paper: 0.05.")
-        safe_data: str = Field("bundled:safe_instruct", description="Safe conversations (chat JSONL ending in the "
+        safe_data: str = Field("bundled:safe_instruct", json_schema_extra={"data_ref": True}, description="Safe conversations (chat JSONL ending in the "
                                "answer, or bundled:NAME), e.g. a `spillover defenses select-safe` output.")
         selection: Literal["random", "plus", "plusplus"] = Field("random", description="random, plus "
                                                                  "(Interleaving+: top scores) or plusplus "

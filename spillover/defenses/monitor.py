@@ -36,7 +36,7 @@ class EMMonitorDefense(Defense):
     class Params(Defense.Params):
         weight: float = Field(1.0, ge=0, description="Any value > 0 = on; 0 = off.")
         every: int = Field(10, ge=1, description="Score the probe every this many optimizer steps.")
-        pairs: str = Field("bundled:probe_general", description="Contrast pairs (a probe JSONL or bundled:NAME); a "
+        pairs: str = Field("bundled:probe_general", json_schema_extra={"data_ref": True}, description="Contrast pairs (a probe JSONL or bundled:NAME); a "
                            "small set keeps checks cheap.")
         stop_at: float | None = Field(None, description="Stop training when the mean shift vs the start exceeds this "
                                       "(log-prob per token; null = only monitor).")

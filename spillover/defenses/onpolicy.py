@@ -67,7 +67,7 @@ class OnPolicySafety(Defense):
     class Params(Defense.Params):
         weight: float = Field(1.0, ge=0, description="Scale of the SFT-mix term (arm b), the w of the paper; "
                               "0 = off. Arm (a) has no weight: see ratio.")
-        prompts: str = Field("bundled:safety_prompts", description="Safety prompts (chat JSONL ending in a user "
+        prompts: str = Field("bundled:safety_prompts", json_schema_extra={"data_ref": True}, description="Safety prompts (chat JSONL ending in a user "
                              "turn, or bundled:NAME) mixed into the rollout stream.")
         ratio: float = Field(0.1, ge=0, lt=1, description="Arm (a): share of the rollout prompts that are safety "
                              "prompts (0 = arm a off). Our default.")
@@ -78,7 +78,7 @@ class OnPolicySafety(Defense):
                                        "judge's key (the key itself is never stored).")
         user_reward: str | None = Field(None, description="Arm (a) grader instead of the judge: a user reward "
                                         "'module:function' (TRL signature, higher = safer).")
-        sft_data: str | None = Field(None, description="Arm (b): safe conversations ending in the answer (from "
+        sft_data: str | None = Field(None, json_schema_extra={"data_ref": True}, description="Arm (b): safe conversations ending in the answer (from "
                                      "`spillover defenses make-onpolicy`, or off-policy).")
         sft_every: int = Field(0, ge=0, description="Arm (b): one supervised micro-batch every k GRPO micro-batches "
                                "(0 = arm b off).")

@@ -19,7 +19,7 @@ from spillover import __version__
 from spillover._io import atomic_write_json, atomic_write_text, sha256_json
 from spillover._run import environment_info, now_iso
 from spillover.config import dump_yaml
-from spillover.errors import SpilloverError
+from spillover.errors import SpilloverError, UnknownName
 from spillover.experiment.results import (
     CONFIG_FILE,
     INDEX_FILE,
@@ -44,7 +44,8 @@ def preflight(cfg: ExperimentConfig, *, strict: bool = True) -> list[str]:
     """Everything that can be checked without training: data files, adapters, question selections
     (each applied to the set it names), probe files, rewards, judges and grader (keys, URLs). ``strict``
     raises the first problem; otherwise (``--dry-run``) local-file, key and network problems are returned
-    as warnings (a GPU file may name data or servers this machine does not have)."""
+    as warnings (a GPU file may name data or servers this machine does not have); a misspelt name
+    (dataset, bundled file) raises in both."""
     from spillover.data import resolve_data_path
     from spillover.evaluate.probe import load_pairs
 
@@ -54,16 +55,35 @@ def preflight(cfg: ExperimentConfig, *, strict: bool = True) -> list[str]:
         try:
             check(*args)
         except SpilloverError as e:
-            if strict:
+            if strict or isinstance(e, UnknownName):  # a misspelt name is wrong on every machine
                 raise
             warnings.append(e.render().replace("\n", " "))
+
+    def data_ref(ref: str, where: str):
+        """A data reference exists before anything trains. A ``hub:`` dataset is fetched now in a real run (a
+        download, gated or offline error comes before hours of training), only looked up in ``--dry-run``."""
+        from spillover.data._registry import all_entries, cached_meta, get_entry
+
+        try:
+            name = ref.removeprefix("hub:")
+            if not strict and (ref.startswith("hub:") or (name in all_entries() and not Path(ref).exists())):
+                get_entry(name)  # an unknown name says "did you mean"
+                if cached_meta(name) is None:
+                    warnings.append(f"{where}: {ref} is not cached on this machine; the run downloads it before "
+                                    f"training (or fetch it now: spillover data fetch {name})")
+                return
+            resolve_data_path(ref)
+        except SpilloverError as e:
+            e.where = f"{where}: {e.where}" if e.where else where
+            raise
 
     names = {a.name for a in cfg.all_arms()}
     uses_grader = False
     for arm in cfg.all_arms():
         where = f"arm {arm.name!r}"
         if arm.train is not None:
-            soft(resolve_data_path, arm.train.data if arm.train.method == "sft" else arm.train.prompts)
+            key = "train.data" if arm.train.method == "sft" else "train.prompts"
+            soft(data_ref, arm.train.data if arm.train.method == "sft" else arm.train.prompts, f"{where}, {key}")
             if arm.train.method == "grpo":
                 from spillover.rewards import get_reward  # registered names; module:function is imported at training
 
@@ -72,9 +92,13 @@ def preflight(cfg: ExperimentConfig, *, strict: bool = True) -> list[str]:
                         get_reward(r.name)
                     uses_grader |= r.name.startswith("grader:")
             for d in arm.train.defenses:
+                from spillover.defenses import get_defense
+
+                fields = get_defense(d.name).Params.model_fields
                 for key, value in d.params.items():
-                    if isinstance(value, str) and value.startswith("bundled:"):
-                        soft(resolve_data_path, value)
+                    declared = key in fields and (fields[key].json_schema_extra or {}).get("data_ref")
+                    if isinstance(value, str) and (declared or value.startswith(("bundled:", "hub:", "benign:"))):
+                        soft(data_ref, value, f"{where}, defense {d.name!r}, {key}")
         if arm.init_from and arm.init_from not in names:
             def adapter_exists(a=arm, w=where):
                 if not (Path(a.init_from) / "adapter_config.json").is_file():
