@@ -13,6 +13,15 @@ prompt limit, and cutting a chat prompt silently would train on a different ques
 
 Rollouts on CPU run with the LoRA adapter merged into the base weights (``merge_rollout_adapter``, see
 :func:`merged_adapter`): the same completions, the base weights put back bit-exactly before the loss.
+``rollout_dtype: bfloat16`` samples them from a bf16 copy of those weights (:func:`cast_weights`): faster,
+slightly off-policy; the loss still runs on the exact weights in their own dtype.
+
+Importance-sampling correction for the bf16 rollouts: none. TRL 1.16 corrects a sampler/trainer mismatch only
+on its vLLM path (``vllm_importance_sampling_correction``: the ratio of the trainer's to the sampler's per-token
+probabilities, truncated), which needs the sampler's per-token log-probs; its HF ``generate`` call returns none,
+and the ratio is computed inside ``_generate_and_score_completions`` behind ``use_vllm``. Adding it would mean
+a second bf16 forward over the completions and overriding that method's body; the mismatch it would correct
+is what ``bench/bench_grpo.py --rollouts`` reports (mean |delta log-prob| of the sampled tokens).
 
 Accepted trade-off: the timing and sample hooks override two private TRL methods (``_generate``) and
 read ``_logs``/``_metrics``; they are pinned to TRL 1.16's GRPOTrainer.
@@ -221,6 +230,43 @@ def _merge_into_new_tensor(module, base, name: str) -> None:
     module.merged_adapters.append(name)
 
 
+@contextlib.contextmanager
+def cast_weights(model, dtype: torch.dtype | None):
+    """Generate with every floating-point parameter replaced by a ``dtype`` copy, then put the very same tensors
+    back (bit-exact, same storage: the originals are only set aside). Buffers (rotary frequencies...) keep their
+    dtype, as in a model loaded in ``dtype``. ``dtype`` None: nothing is cast.
+
+    Entered inside :func:`merged_adapter`, the copy is of the merged weights (the LoRA matrices are not used
+    then); unmerged, the LoRA matrices are cast too. Costs one more copy of the weights in ``dtype`` meanwhile.
+    """
+    saved = []
+    try:
+        if dtype is not None:
+            with torch.no_grad():
+                for p in model.parameters():  # tied weights are one parameter: cast once
+                    if p.is_floating_point() and p.dtype != dtype:
+                        saved.append((p, p.data))
+                        p.data = p.data.to(dtype)
+        yield model
+    finally:
+        for p, data in reversed(saved):
+            p.data = data
+
+
+#: ``rollout_dtype`` setting -> the dtype rollouts are sampled in (None: the weights as they are).
+ROLLOUT_DTYPES = {"model": None, "bfloat16": torch.bfloat16}
+
+
+def rollout_dtype(setting: str, device) -> torch.dtype | None:
+    """The dtype ``rollout_dtype`` casts the rollout weights to on ``device``, or None."""
+    dtype = ROLLOUT_DTYPES[setting]
+    device = torch.device(device)
+    if dtype is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise SpilloverError("rollout_dtype: bfloat16 needs a GPU with bfloat16 support", where="rollout_dtype",
+                             fix="set rollout_dtype: model on this GPU")
+    return dtype
+
+
 def merge_rollouts(setting: str, device) -> bool:
     """Whether ``merge_rollout_adapter`` (auto | on | off) merges on ``device``: auto merges on CPU only."""
     return setting == "on" or (setting == "auto" and torch.device(device).type == "cpu")
@@ -236,12 +282,15 @@ class _GRPOTrainer(DefendedTrainerMixin, GRPOTrainer):
     completions_samples = 4
     _completions_step = -1
     merge_rollout_adapter = False
+    rollout_dtype: torch.dtype | None = None
 
     def _generate(self, prompts):
         t0 = time.perf_counter()
         with contextlib.ExitStack() as stack:
+            policy = self.accelerator.unwrap_model(self.model)
             if self.merge_rollout_adapter:
-                stack.enter_context(merged_adapter(self.accelerator.unwrap_model(self.model)))
+                stack.enter_context(merged_adapter(policy))
+            stack.enter_context(cast_weights(policy, self.rollout_dtype))  # after merging: a copy of the merged weights
             stack.enter_context(self.rollout_context(self.model))
             out = super()._generate(prompts)
         self._metrics["train" if self.model.training else "eval"]["time/generation_s"].append(time.perf_counter() - t0)
@@ -310,6 +359,7 @@ def build_grpo_trainer(cfg: GRPOConfig, model, tokenizer, rows: list[dict], rewa
                            processing_class=tokenizer)
     trainer._init_defenses(defenses)
     trainer.merge_rollout_adapter = merge_rollouts(cfg.merge_rollout_adapter, device)
+    trainer.rollout_dtype = rollout_dtype(cfg.rollout_dtype, device)
     if completions_path is not None:
         Path(completions_path).write_text("")
         trainer.completions_path = Path(completions_path)
@@ -373,6 +423,8 @@ def run_grpo(cfg: GRPOConfig, out: str | Path, *, overwrite: bool = False, grade
                     rewards=[r.model_dump(mode="json") for r in cfg.rewards], judge=_judge_identity(grade),
                     rollouts={"merged_adapter": merge_rollouts(cfg.merge_rollout_adapter, pick_device(cfg.device)),
                               "merge_rollout_adapter": cfg.merge_rollout_adapter},
+                    rollout_dtype=str(rollout_dtype(cfg.rollout_dtype, pick_device(cfg.device))
+                                      or pick_dtype(cfg.dtype, pick_device(cfg.device))).removeprefix("torch."),
                     env=environment_info(), **({"defenses": defense_records(defenses)} if defenses else {}))
     trainer = build_grpo_trainer(cfg, model, tok, rows, rewards, run_dir / ".trainer", defenses,
                                  run_dir / "completions.jsonl")
