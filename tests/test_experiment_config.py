@@ -76,7 +76,26 @@ def test_grids_expand_to_named_labelled_arms_and_waves_follow_init_from():
     assert [d.name for d in arms["sft-code-kl"].train.defenses] == ["kl"] and arms["sft-code-none"].train.defenses == []
     w = waves(c)
     assert [(u.arm, u.seed) for u in w[0]] == [("warmup", 0), ("warmup", 1)] and len(w[1]) == 8
-    assert "kl" in next(r["train"] for r in plan_rows(c) if r["arm"] == "sft-code-kl")
+    assert next(r["defenses"] for r in plan_rows(c) if r["arm"] == "sft-code-kl") == "kl"
+
+
+def test_dry_run_table_fits_80_columns_with_shared_values_below_it():
+    import io
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from spillover.experiment.runner import print_plan
+
+    buf = io.StringIO()
+    print_plan(load_experiment_config(Path(__file__).parents[1] / "examples" / "defense_grid_cpu.yaml"),
+               Console(file=buf, width=80, color_system=None))
+    lines = buf.getvalue().splitlines()
+    header = next(line for line in lines if "arm" in line and "train" in line)
+    assert "evaluate" not in header and "seeds" not in header and "in_domain" not in header  # the same for all arms
+    assert any(line.startswith("every arm: evaluate yes; in_domain bundled:unpopular_aesthetics_questions")
+               for line in lines)
+    assert len(lines) < 30 and max(map(len, lines)) <= 80  # was 55 lines, most of them one folded word each
 
 
 def test_grid_override_typos_are_errors():

@@ -296,22 +296,27 @@ def waves(cfg: ExperimentConfig) -> list[list[Unit]]:
 
 
 def plan_rows(cfg: ExperimentConfig) -> list[dict]:
-    """One row per arm: what it runs, for the dry-run table."""
+    """One row per arm: what it runs, for the dry-run table (keys are its columns, :data:`PLAN_COLUMNS`)."""
     rows = []
     for a in cfg.train_order():
         t = a.train
         if t is None:
-            what = "no training"
+            what, data, defs = "no training", "-", "-"
         else:
-            data = t.data if t.method == "sft" else t.prompts
+            data = (t.data if t.method == "sft" else t.prompts) + (f" (first {a.n_items})" if a.n_items else "")
             steps = f"{t.max_steps} steps" if t.max_steps else f"{t.epochs:g} epoch(s)"
             extra = f", rewards {', '.join(r.name for r in t.rewards)}, {t.num_generations} gen" if t.method == "grpo" else ""
-            defs = f", defenses {', '.join(d.name for d in t.defenses)}" if t.defenses else ""
-            what = f"{t.method} on {data}{f' (first {a.n_items})' if a.n_items else ''}, {steps}, lr {t.lr:g}{extra}{defs}"
-        rows.append({"arm": a.name, "init_from": a.init_from or "-", "train": what,
+            what = f"{t.method}, {steps}, lr {t.lr:g}{extra}"
+            defs = ", ".join(d.name for d in t.defenses) or "none"
+        rows.append({"arm": a.name, "init_from": a.init_from or "-", "train": what, "data": data, "defenses": defs,
                      "evaluate": "yes" if a.evaluate else "no", "labels": ", ".join(f"{k}={v}" for k, v in a.labels.items()),
                      "in_domain": _in_domain_text(cfg, a)})
     return rows
+
+
+#: The dry-run table's columns after ``arm``; a column whose value is the same for every arm is printed once below
+#: the table instead, so the table stays readable in an 80-column terminal.
+PLAN_COLUMNS = ("init_from", "train", "data", "defenses", "evaluate", "labels", "in_domain")
 
 
 def _in_domain_text(cfg: ExperimentConfig, arm) -> str:
@@ -337,13 +342,15 @@ def print_plan(cfg: ExperimentConfig, console=None) -> None:
     table = Table(title=f"{cfg.name}: {len(cfg.all_arms())} arms x {len(cfg.seeds)} seeds {cfg.seeds} on {cfg.model}")
     table.add_column("arm", no_wrap=True, min_width=max(len(a.name) for a in cfg.all_arms()))
     rows = plan_rows(cfg)
-    with_in_domain = any(r["in_domain"] != "-" for r in rows)
-    for col in ("init_from", "train", "evaluate", "labels", *(["in_domain"] if with_in_domain else []), "seeds"):
+    varying = [c for c in PLAN_COLUMNS if len(rows) == 1 or len({r[c] for r in rows}) > 1]
+    for col in varying:
         table.add_column(col, overflow="fold")
     for r in rows:
-        table.add_row(r["arm"], r["init_from"], r["train"], r["evaluate"], r["labels"],
-                      *([r["in_domain"]] if with_in_domain else []), ", ".join(map(str, cfg.seeds)))
+        table.add_row(r["arm"], *(r[c] for c in varying))
     console.print(table)
+    same = [f"{c} {rows[0][c]}" for c in PLAN_COLUMNS if c not in varying and rows[0][c] not in ("-", "")]
+    if same:
+        console.print(f"every arm: {'; '.join(same)}")
     try:
         counts = ", ".join(f"{name}: {len(reqs)} answers" for name, (_, reqs) in question_sets(cfg).items())
     except SpilloverError as e:
