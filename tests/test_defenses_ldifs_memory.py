@@ -104,3 +104,15 @@ def test_declarations_add_up(deep_model_dir):
     keep_reference_hidden(model, [1, 3])
     keep_reference_hidden(model, [3, 5])
     assert reference_keys(model) == frozenset({1, 3, 5, "norm"})
+
+
+def test_kl_declares_that_it_reads_only_the_final_norm(deep_model_dir):
+    (kl,) = build({"name": "kl"})
+    undeclared = make_model(deep_model_dir)
+    before = float(kl.loss_term(undeclared, sft_batch(undeclared)))
+    model = make_model(deep_model_dir)
+    kl.setup(model, None, None)
+    batch = sft_batch(model)
+    assert reference_keys(model) == frozenset({"norm"})
+    assert float(kl.loss_term(model, batch)) == before and before > 0
+    assert set(batch.reference_captures["base"].calls[0]) == {"norm"}  # was: all 9 hidden states + norm

@@ -25,6 +25,7 @@ import torch
 from pydantic import Field
 
 from spillover.defenses._base import Defense, register_defense
+from spillover.defenses._batch import keep_reference_hidden
 
 SAFE_SOURCE = "safe"
 #: Tokens whose full-vocabulary logits are built at once (memory: CHUNK_TOKENS x vocab x 4 bytes a tensor).
@@ -74,6 +75,9 @@ class KLDefense(Defense):
         reference: Literal["base", "init-adapter"] = Field(
             "base", description="base = the model with its adapter disabled; init-adapter = the frozen init_adapter "
             "(the warm-up adapter a run continues), kept on the same model.")
+
+    def setup(self, model, tokenizer, ctx) -> None:
+        keep_reference_hidden(model, [])  # KL reads only the final norm: the reference pass keeps no hidden states
 
     def loss_term(self, model, batch):
         policy, ref = batch.policy, batch.reference
