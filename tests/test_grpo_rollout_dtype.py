@@ -92,7 +92,10 @@ def lora_modules(model):
 
 @pytest.mark.parametrize("merge", [True, False], ids=["merged", "unmerged"])
 def test_bf16_rollouts_run_on_bf16_weights_and_restore_the_exact_weights(tiny_model_dir, prompts_file, tmp_path,
-                                                                         merge):
+                                                                         merge, monkeypatch, caplog):
+    import spillover.train.grpo as grpo
+
+    monkeypatch.setattr(grpo, "cpu_has_bf16_kernels", lambda: not merge)  # the warning, one way and the other
     c = cfg(tiny_model_dir, prompts_file, rollout_dtype="bfloat16")
     model, tok, _ = prepare_policy(c)
     gen = torch.Generator().manual_seed(0)
@@ -102,6 +105,8 @@ def test_bf16_rollouts_run_on_bf16_weights_and_restore_the_exact_weights(tiny_mo
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
     trainer = build_grpo_trainer(c, model, tok, [{"prompt": PROMPT}], build_rewards(c), tmp_path / "t")
     assert trainer.rollout_dtype is torch.bfloat16
+    warned = [r.getMessage() for r in caplog.records if "without bf16 kernels" in r.getMessage()]
+    assert len(warned) == (1 if merge else 0)
     trainer.merge_rollout_adapter = merge
     trainer.model.train()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}

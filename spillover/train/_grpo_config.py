@@ -65,11 +65,13 @@ class GRPOConfig(ModelSpec, OptimSpec):
         "dropout (if set) is not applied to rollouts.")
     rollout_dtype: Literal["model", "bfloat16"] = Field(
         "model", description="Weights' dtype while completions are generated. model = the trained weights as they "
-        "are (fp32 on CPU). bfloat16 = a bf16 copy of the (merged) policy samples the completions, ~1.6x faster "
-        "decoding on CPU (bench/bench_grpo.py --rollouts), then the exact weights are put back: loss, log-probs, KL "
-        "and every defense stay in the model's dtype. Cost: the rollouts are slightly off-policy (bench reports the "
-        "mean |delta log-prob| of the sampled tokens) and no importance-sampling correction is applied (TRL 1.16 "
-        "has one for vLLM rollouts only). Changes results, so it is part of the train-stage hash.")
+        "are (fp32 on CPU). bfloat16 = a bf16 copy of the (merged) policy samples the completions, then the exact "
+        "weights are put back: loss, log-probs, KL and every defense stay in the model's dtype. Faster only where "
+        "bf16 matmuls are (GPUs; CPUs with AVX512-BF16 or AMX): on an AVX2-only CPU it is slower than fp32 "
+        "(bench/bench_grpo.py --rollouts measures both). Cost: the rollouts are slightly off-policy (the bench "
+        "reports the mean |delta log-prob| of the sampled tokens, about 0.05 on the embedded model) and no "
+        "importance-sampling correction is applied (TRL 1.16 has one for vLLM rollouts only). Changes results, so "
+        "it is part of the train-stage hash.")
     system_prompt: str | None = Field(None, description="System message put first in every training prompt (e.g. "
                                       "asking to reason inside <think>...</think>); a prompt's own system message "
                                       "follows it after a blank line.")

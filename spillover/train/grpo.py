@@ -13,8 +13,9 @@ prompt limit, and cutting a chat prompt silently would train on a different ques
 
 Rollouts on CPU run with the LoRA adapter merged into the base weights (``merge_rollout_adapter``, see
 :func:`merged_adapter`): the same completions, the base weights put back bit-exactly before the loss.
-``rollout_dtype: bfloat16`` samples them from a bf16 copy of those weights (:func:`cast_weights`): faster,
-slightly off-policy; the loss still runs on the exact weights in their own dtype.
+``rollout_dtype: bfloat16`` samples them from a bf16 copy of those weights (:func:`cast_weights`): faster where
+bf16 matmuls are native (GPU, AVX512-BF16/AMX CPUs; slower on AVX2-only CPUs), slightly off-policy; the loss
+still runs on the exact weights in their own dtype.
 
 Importance-sampling correction for the bf16 rollouts: none. TRL 1.16 corrects a sampler/trainer mismatch only
 on its vLLM path (``vllm_importance_sampling_correction``: the ratio of the trainer's to the sampler's per-token
@@ -32,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -53,6 +55,8 @@ from spillover.train._checkpoint import CHECKPOINT_MINUTES, resume_point
 from spillover.train._defended import DefendedTrainerMixin, defense_records, setup_defenses
 from spillover.train._grpo_config import GRPOConfig
 from spillover.train.sft import TrainResult, _trl_args, finish_trainer_setup, prepare_policy, train_and_save
+
+log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- prompts
@@ -267,6 +271,12 @@ def rollout_dtype(setting: str, device) -> torch.dtype | None:
     return dtype
 
 
+def cpu_has_bf16_kernels() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX); without, bf16 matmuls are emulated."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
 def merge_rollouts(setting: str, device) -> bool:
     """Whether ``merge_rollout_adapter`` (auto | on | off) merges on ``device``: auto merges on CPU only."""
     return setting == "on" or (setting == "auto" and torch.device(device).type == "cpu")
@@ -360,6 +370,9 @@ def build_grpo_trainer(cfg: GRPOConfig, model, tokenizer, rows: list[dict], rewa
     trainer._init_defenses(defenses)
     trainer.merge_rollout_adapter = merge_rollouts(cfg.merge_rollout_adapter, device)
     trainer.rollout_dtype = rollout_dtype(cfg.rollout_dtype, device)
+    if trainer.rollout_dtype is torch.bfloat16 and torch.device(device).type == "cpu" and not cpu_has_bf16_kernels():
+        log.warning("rollout_dtype: bfloat16 on a CPU without bf16 kernels (AVX512-BF16, AMX): rollouts will be "
+                    "slower than in fp32 here (bench/bench_grpo.py --rollouts measures it)")
     if completions_path is not None:
         Path(completions_path).write_text("")
         trainer.completions_path = Path(completions_path)
