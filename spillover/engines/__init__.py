@@ -11,9 +11,10 @@ from spillover.engines._venv import (
     machine_device,
     require_engine,
 )
-from spillover.engines._vllm import kv_cache_gib, start_vllm, vllm_env
+from spillover.engines._vllm import kv_cache_gib, start_vllm, vllm_env, vllm_process
 
 ENGINES = ("hf", "vllm")
 
 __all__ = ["ENGINES", "EngineProcess", "RECIPES", "engine_dir", "engine_record", "engine_status", "install_engine",
-           "kv_cache_gib", "live_engines", "machine_device", "require_engine", "start_vllm", "vllm_env"]
+           "kv_cache_gib", "live_engines", "machine_device", "require_engine", "start_vllm", "vllm_env",
+           "vllm_process"]

@@ -73,18 +73,39 @@ class EngineProcess:
         self.info: dict = {}
         self._buf = b""
         self._lock = threading.Lock()
+        self.launched_at: float | None = None
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> dict:
         """Start the worker and wait for its ready line; returns what it announced."""
+        self.launch()
+        return self.wait_ready()
+
+    def launch(self) -> None:
+        """Start the worker process without waiting for it to load (:meth:`wait_ready` waits): an engine
+        started ahead of need loads while this process does other work. Stopped like a ready one."""
+        if self.proc is not None:
+            return
         _install_handlers()
         self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.launched_at = time.monotonic()
         with open(self.log, "ab") as err:
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
                                          env=self.env, start_new_session=True)
         _LIVE.add(self)
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.info) and self.alive()
+
+    def wait_ready(self) -> dict:
+        """Wait for the launched worker's ready line (at once when it came already); returns what it announced."""
+        if self.proc is None:
+            raise SpilloverError(f"the {self.name} worker was not started (or was stopped)", fix=self._log_hint())
+        if self.info:
+            return self.info
         try:
-            ready = self._read(time.monotonic() + self.start_timeout, "starting")
+            ready = self._read(self.launched_at + self.start_timeout, "starting")
         except BaseException:
             self.close()
             raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ from spillover.engines._process import EngineProcess
 from spillover.engines._venv import engine_dir, engine_python, require_engine
 
 WORKER = Path(__file__).with_name("_vllm_worker.py")
+_LOG_IDS = itertools.count()  # two workers started in one second get two logs
 
 
 def _mem_available_gib() -> float:
@@ -55,9 +57,10 @@ def vllm_env(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def start_vllm(model_dir: str | Path, *, dtype: str = "float32", seed: int = 0, max_num_seqs: int | None = None,
-               max_model_len: int | None = None, compile: bool = False) -> EngineProcess:
-    """A started vLLM worker serving ``model_dir`` (an HF folder); close it when done."""
+def vllm_process(model_dir: str | Path, *, dtype: str = "float32", seed: int = 0, max_num_seqs: int | None = None,
+                 max_model_len: int | None = None, compile: bool = False) -> EngineProcess:
+    """A vLLM worker on ``model_dir`` (an HF folder), not started yet: ``start()`` it (or ``launch()`` it now
+    and ``wait_ready()`` when needed); close it when done."""
     require_engine("vllm")
     argv = [str(engine_python("vllm")), str(WORKER), "--model", str(model_dir), "--dtype", dtype,
             "--owner", str(os.getpid()), "--seed", str(seed)]
@@ -67,7 +70,12 @@ def start_vllm(model_dir: str | Path, *, dtype: str = "float32", seed: int = 0, 
         argv += ["--max-model-len", str(max_model_len)]
     if compile:
         argv.append("--compile")
-    log = engine_dir("vllm") / "logs" / f"worker-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-    engine = EngineProcess(argv, env=vllm_env(), log=log, name="vllm")
+    log = engine_dir("vllm") / "logs" / f"worker-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{next(_LOG_IDS)}.log"
+    return EngineProcess(argv, env=vllm_env(), log=log, name="vllm")
+
+
+def start_vllm(model_dir: str | Path, **settings) -> EngineProcess:
+    """A started vLLM worker serving ``model_dir`` (settings of :func:`vllm_process`); close it when done."""
+    engine = vllm_process(model_dir, **settings)
     engine.start()
     return engine

@@ -7,6 +7,8 @@ Loads ``vllm.LLM`` once and answers JSON-line requests (see ``_worker_io``):
 ``{"op": "generate", "prompts": [[token ids]...], "params": [{"temperature", "top_p", "max_tokens", "seed",
 "stop_token_ids"}...]}`` -> ``{"outputs": [{"token_ids", "logprobs", "finish_reason"}...], "seconds"}``
 
+``{"op": "reset"}`` -> ``{"reset": true}``: empties the prefix cache (an engine reused by another stage).
+
 Prompts arrive as token ids (spillover applies the chat template with its own tokenizer, exactly as for
 HF sampling) and answers leave as token ids with the log-prob of each sampled token under the raw model
 distribution (vLLM's default ``logprobs_mode="raw_logprobs"``: before temperature and top-p), which is
@@ -69,7 +71,13 @@ def main() -> None:
             outputs.append({"token_ids": ids, "logprobs": lps, "finish_reason": c.finish_reason})
         return {"outputs": outputs, "seconds": time.time() - t0}
 
-    serve(out, {"generate": generate},
+    def reset(request: dict) -> dict:
+        """Forget cached prompt prefixes: an engine handed to another stage answers as a fresh one would
+        (prefix caching is on in vLLM, also on CPU, and a cache hit computes a prompt's KV in another
+        batch shape than a miss)."""
+        return {"reset": bool(llm.reset_prefix_cache())}
+
+    serve(out, {"generate": generate, "reset": reset},
           {"engine": "vllm", "version": vllm.__version__, "dtype": str(config.dtype).removeprefix("torch."),
            "device": device, "max_model_len": config.max_model_len, "enforce_eager": not args.compile,
            "start_seconds": round(time.time() - start, 2), "pid": os.getpid()})

@@ -7,6 +7,12 @@ same function HF sampling uses, and answers come back as token ids decoded the s
 the two backends are comparable token for token. Every row gets its own seed (from the request seed and
 its position), so a run is reproducible and does not depend on how vLLM schedules its batches.
 
+:class:`EnginePool` keeps engines across stages, one per merged model (:class:`EngineKey`: base, adapter
+files' hash, dtype, batch settings): several stages or arms on the same model share one worker, and the
+engine a later stage needs can be started ahead (``prefetch``) while this process judges and probes. A
+pooled engine handed to another stage first empties its prefix cache, and every row carries its own
+seed, so a stage's answers are those a freshly started engine gives.
+
 :func:`engine_logprob_check` is ``spillover sample --check-engine``: the per-token log-probs vLLM reports
 for its own sampled answers against HF's teacher-forced log-probs of the same token ids (HF + PEFT for an
 adapter, i.e. the unmerged model), mean and max absolute difference.
@@ -14,9 +20,12 @@ adapter, i.e. the unmerged model), mean and max absolute difference.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
+import sys
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,59 +69,323 @@ def engine_dtype(dtype: str | None, device: str) -> str:
     return str(DTYPES[dtype]).removeprefix("torch.")
 
 
-class VLLMSampler(SamplerBackend):
-    """Sampling with a vLLM worker process; a context manager (``close`` stops the worker)."""
+@dataclass(frozen=True)
+class EngineKey:
+    """What makes two engines interchangeable: the merged model (base folder, adapter folder and a hash of
+    its files), the dtype and the batch settings the worker was started with."""
 
-    name = "vllm"
+    model: str
+    adapter: str | None
+    adapter_sha256: str | None
+    dtype: str
+    max_num_seqs: int
+    max_model_len: int | None
 
-    def __init__(self, model: str | None = None, adapter: str | None = None, *, device: str | None = None,
-                 dtype: str | None = None, batch_size: int = 32, max_model_len: int | None = None):
-        from transformers import GenerationConfig
 
-        from spillover.engines import require_engine, start_vllm
-        from spillover.models import load_tokenizer, merge_adapter, resolve_model
-        from spillover.models._load import check_adapter_base
+def adapter_sha256(adapter: str | Path) -> str:
+    """Hash of an adapter folder's files (config and weights; a few MB for a LoRA): an adapter retrained in
+    place is another model."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(adapter).iterdir() if p.is_file()):
+        h.update(f.name.encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+class VLLMLauncher:
+    """Builds real vLLM worker processes (the engine venv, :func:`spillover.engines.vllm_process`);
+    ``device`` is the installed build's, ``work_dir`` holds merged adapters while their engine runs."""
+
+    def __init__(self):
+        from spillover.engines import engine_dir, require_engine
 
         record = require_engine("vllm")  # before any merging: a missing engine fails fast
-        if device not in (None, "auto") and not str(device).startswith(record.get("device", "cpu")):
-            raise SpilloverError(f"--device {device} asked for, but the vllm engine is the {record.get('device')} build",
+        self.device = record.get("device", "cpu")
+        self.work_dir = engine_dir("vllm") / "merged"
+
+    def __call__(self, folder: str, *, dtype: str, max_num_seqs: int, max_model_len: int | None):
+        from spillover.engines import vllm_process
+
+        return vllm_process(folder, dtype=dtype, max_num_seqs=max_num_seqs, max_model_len=max_model_len)
+
+
+#: What builds engine processes: a factory of launchers (tests substitute one starting a fake worker that
+#: speaks the same JSON-lines protocol).
+LAUNCHER: Callable[[], VLLMLauncher] = VLLMLauncher
+
+
+_TOKENIZERS: dict[str, object] = {}
+
+
+def _tokenizer(ref, load):
+    """The base model's tokenizer, loaded once per process (every engine on that base encodes with it)."""
+    if ref.path not in _TOKENIZERS:
+        _TOKENIZERS[ref.path] = load(ref)
+    return _TOKENIZERS[ref.path]
+
+
+class ModelEngine:
+    """One engine process on one merged model: the tokenizer and stop ids spillover encodes and decodes
+    with, the temporary merged folder of an adapter, and the worker. ``launch`` starts the worker without
+    waiting for it, ``ready`` waits; ``close`` stops it and removes the merged folder."""
+
+    def __init__(self, model: str | None, adapter: str | None, *, device: str | None = None, dtype: str | None = None,
+                 batch_size: int = 32, max_model_len: int | None = None, launcher=None):
+        from transformers import GenerationConfig
+
+        from spillover.models import load_tokenizer, resolve_model
+
+        self.launcher = launcher or LAUNCHER()
+        build = self.launcher.device
+        if device not in (None, "auto") and not str(device).startswith(build):
+            raise SpilloverError(f"--device {device} asked for, but the vllm engine is the {build} build",
                                  fix="drop --device (the engine uses its own device), or use --engine hf")
-        if adapter:
-            model = check_adapter_base(adapter, model)
-        ref = resolve_model(model)
-        self.tok = load_tokenizer(ref)
+        from spillover.models._load import check_adapter_base
+
+        self.model = check_adapter_base(adapter, model) if adapter else model  # a mismatched base fails here
+        ref = resolve_model(self.model)
+        self.key = _key(ref, adapter, dtype=dtype, batch_size=batch_size, max_model_len=max_model_len, build=build)
+        self.tok = _tokenizer(ref, load_tokenizer)
         try:
             gen_eos = GenerationConfig.from_pretrained(ref.path).eos_token_id
         except OSError:
             gen_eos = None
         self.eos_ids = stop_ids(gen_eos, self.tok)
         self.model_id, self.adapter, self.batch_size = ref.display, str(adapter) if adapter else None, batch_size
-        self.dtype = engine_dtype(dtype, record.get("device", "cpu"))
+        self.dtype, self.max_model_len = self.key.dtype, max_model_len
+        self.folder = ref.path
         self._tmp: Path | None = None
-        self.engine = None
-        try:
-            folder = ref.path
-            if adapter:
-                from spillover.engines import engine_dir
+        self.process = None
+        self.prefetched = False  # launched ahead of need
+        self.used = False  # a stage sampled with it (the next one resets its prefix cache first)
 
-                root = engine_dir("vllm") / "merged"
+    def launch(self, *, prefetch: bool = False) -> None:
+        """Merge the adapter (seconds) and start the worker; returns before the worker has loaded."""
+        if self.process is not None:
+            return
+        self.prefetched = prefetch
+        try:
+            if self.adapter and self._tmp is None:
+                from spillover.models import merge_adapter
+
+                root = Path(self.launcher.work_dir)
                 root.mkdir(parents=True, exist_ok=True)
                 self._tmp = Path(tempfile.mkdtemp(prefix="merged-", dir=root))
-                folder = str(merge_adapter(model, adapter, self._tmp / "model"))
-            self.engine = start_vllm(folder, dtype=self.dtype, max_num_seqs=batch_size, max_model_len=max_model_len)
+                self.folder = str(merge_adapter(self.model, self.adapter, self._tmp / "model"))
+            self.process = self._new_process()
+            self.process.launch()
         except BaseException:
             self.close()
             raise
-        self.info = dict(self.engine.info)
 
-    # ------------------------------------------------------------ lifecycle
+    def _new_process(self):
+        return self.launcher(self.folder, dtype=self.dtype, max_num_seqs=self.batch_size, max_model_len=self.max_model_len)
+
+    def ready(self) -> dict:
+        """Wait until the worker has loaded; an engine started ahead of need that failed (e.g. for memory,
+        while this process held other models) is started once more, now."""
+        if self.process is None:
+            self.launch()
+        try:
+            return self.process.wait_ready()
+        except SpilloverError as first:
+            if not self.prefetched:
+                self.close()
+                raise
+            print(f"engine started ahead of need failed ({first.what.splitlines()[0]}); starting it again",
+                  file=sys.stderr)
+        self.prefetched = False
+        try:
+            self.process = self._new_process()
+            return self.process.start()
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def info(self) -> dict:
+        return dict(self.process.info) if self.process is not None else {}
+
+    def reset(self) -> None:
+        """Forget cached prompt prefixes, so the next stage gets the answers a fresh engine would give."""
+        self.process.request({"op": "reset"})
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.alive()
+
     def close(self) -> None:
-        if self.engine is not None:
-            self.engine.close()
-            self.engine = None
+        if self.process is not None:
+            self.process.close()
+            self.process = None
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
+
+
+def engine_key(model: str | None, adapter: str | None, *, dtype: str | None = None, batch_size: int = 32,
+               max_model_len: int | None = None, build: str = "cpu") -> EngineKey:
+    """The :class:`EngineKey` of base ``model`` (the adapter's recorded base when None) plus ``adapter``."""
+    from spillover.models import resolve_model
+    from spillover.models._load import check_adapter_base
+
+    ref = resolve_model(check_adapter_base(adapter, model) if adapter else model)
+    return _key(ref, adapter, dtype=dtype, batch_size=batch_size, max_model_len=max_model_len, build=build)
+
+
+def _key(ref, adapter, *, dtype, batch_size, max_model_len, build) -> EngineKey:
+    return EngineKey(model=ref.path, adapter=str(Path(adapter).resolve()) if adapter else None,
+                     adapter_sha256=adapter_sha256(adapter) if adapter else None, dtype=engine_dtype(dtype, build),
+                     max_num_seqs=batch_size, max_model_len=max_model_len)
+
+
+class EnginePool:
+    """Engines kept across sampling stages, one per :class:`EngineKey`: several stages (and arms) on the
+    same merged model share one worker; ``prefetch`` starts the engine a later stage needs while this
+    process does other work (judging, probing). A context manager: ``close`` stops every engine.
+
+    ``prefetch`` None means: on for a CUDA engine build, off for the CPU build (there the engine's start,
+    ~40 s of CPU, competes for the cores judging and probing use)."""
+
+    def __init__(self, *, prefetch: bool | None = None, launcher=None):
+        self._launcher = launcher
+        self._prefetch = prefetch
+        self.engines: dict[EngineKey, ModelEngine] = {}
+        self.events: list[tuple[str, EngineKey]] = []  # (start | prefetch | reuse | close, key), in order
+
+    @property
+    def launcher(self):
+        if self._launcher is None:
+            self._launcher = LAUNCHER()
+        return self._launcher
+
+    @property
+    def prefetch_enabled(self) -> bool:
+        return self._prefetch if self._prefetch is not None else self.launcher.device == "cuda"
+
+    def key(self, model: str | None, adapter: str | None, *, dtype: str | None = None, batch_size: int = 32,
+            max_model_len: int | None = None) -> EngineKey:
+        return engine_key(model, adapter, dtype=dtype, batch_size=batch_size, max_model_len=max_model_len,
+                          build=self.launcher.device)
+
+    def _engine(self, model, adapter, *, device=None, dtype=None, batch_size=32, max_model_len=None) -> ModelEngine:
+        key = self.key(model, adapter, dtype=dtype, batch_size=batch_size, max_model_len=max_model_len)
+        engine = self.engines.get(key)
+        if engine is not None and engine.process is not None and engine.process.info and not engine.process.alive():
+            self._drop(engine)  # its worker died or was stopped after it was ready: start another
+            engine = None
+        if engine is None:
+            engine = ModelEngine(model, adapter, device=device, dtype=dtype, batch_size=batch_size,
+                                 max_model_len=max_model_len, launcher=self.launcher)
+            self.engines[key] = engine
+        return engine
+
+    def sampler(self, model: str | None, adapter: str | None = None, *, device: str | None = None,
+                dtype: str | None = None, batch_size: int = 32, max_model_len: int | None = None) -> VLLMSampler:
+        """A sampler on the pool's engine for this merged model (started, or waited for, now); closing the
+        sampler leaves the engine running for later stages. ``sampler.engine_start`` says how it was obtained."""
+        engine = self._engine(model, adapter, device=device, dtype=dtype, batch_size=batch_size,
+                              max_model_len=max_model_len)
+        how = "reused" if engine.process is not None and engine.used else \
+            "prefetched" if engine.process is not None else "started"
+        t0 = time.monotonic()
+        try:
+            if how == "started":
+                engine.launch()
+            engine.ready()
+            if engine.used:
+                engine.reset()
+        except BaseException:
+            self._drop(engine)
+            raise
+        engine.used = True
+        self.events.append(({"started": "start", "prefetched": "prefetched", "reused": "reuse"}[how], engine.key))
+        return VLLMSampler._on(engine, owned=False, start={"how": how, "waited_seconds": round(time.monotonic() - t0, 2)})
+
+    def prefetch(self, model: str | None, adapter: str | None = None, **settings) -> bool:
+        """Start (not wait for) the engine a later stage will ask :meth:`sampler` for; False when prefetching
+        is off or the engine is there already."""
+        if not self.prefetch_enabled:
+            return False
+        engine = self._engine(model, adapter, **settings)
+        if engine.process is not None:
+            return False
+        try:
+            engine.launch(prefetch=True)
+        except BaseException:
+            self._drop(engine)
+            raise
+        self.events.append(("prefetch", engine.key))
+        return True
+
+    def close_except(self, keep: set[EngineKey] | frozenset = frozenset()) -> None:
+        """Stop every engine whose key is not in ``keep``."""
+        for key in [k for k in self.engines if k not in keep]:
+            self._drop(self.engines[key])
+
+    def _drop(self, engine: ModelEngine) -> None:
+        if self.engines.get(engine.key) is engine:
+            del self.engines[engine.key]
+        if engine.process is not None:
+            self.events.append(("close", engine.key))
+        engine.close()
+
+    def close(self) -> None:
+        self.close_except()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class VLLMSampler(SamplerBackend):
+    """Sampling with a vLLM worker process; a context manager (``close`` stops the worker it started).
+    ``VLLMSampler(model, adapter, ...)`` starts its own engine; :meth:`EnginePool.sampler` gives one on a
+    pooled engine, whose ``close`` leaves the engine to the pool."""
+
+    name = "vllm"
+
+    def __init__(self, model: str | None = None, adapter: str | None = None, *, device: str | None = None,
+                 dtype: str | None = None, batch_size: int = 32, max_model_len: int | None = None):
+        engine = ModelEngine(model, adapter, device=device, dtype=dtype, batch_size=batch_size,
+                             max_model_len=max_model_len)
+        try:
+            engine.launch()
+            engine.ready()
+        except BaseException:
+            engine.close()
+            raise
+        self._attach(engine, owned=True, start={"how": "started"})
+
+    @classmethod
+    def _on(cls, engine: ModelEngine, *, owned: bool, start: dict) -> VLLMSampler:
+        sampler = cls.__new__(cls)
+        sampler._attach(engine, owned=owned, start=start)
+        return sampler
+
+    def _attach(self, engine: ModelEngine, *, owned: bool, start: dict) -> None:
+        self._engine, self._owned, self.engine_start = engine, owned, start
+        self.tok, self.eos_ids = engine.tok, engine.eos_ids
+        self.model_id, self.adapter, self.batch_size, self.dtype = engine.model_id, engine.adapter, engine.batch_size, engine.dtype
+        self.info = engine.info
+
+    @property
+    def engine(self):
+        """The worker process (None once this sampler is closed)."""
+        return self._engine.process if self._engine is not None else None
+
+    @property
+    def _tmp(self) -> Path | None:
+        return self._engine._tmp if self._engine is not None else None
+
+    # ------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        engine, self._engine = getattr(self, "_engine", None), None
+        if engine is not None and self._owned:
+            engine.close()
 
     def __enter__(self):
         return self
@@ -141,6 +414,8 @@ class VLLMSampler(SamplerBackend):
         """Completions with their prompt ids, answer token ids and the engine's per-token log-probs."""
         if self.engine is None:
             raise SpilloverError("this vllm sampler was closed", fix="create a new sampler")
+        if not self.engine.alive():
+            raise SpilloverError("this vllm sampler's engine was stopped", fix="ask the engine pool for a new sampler")
         prompts = [encode_prompt(self.tok, with_system(r.messages, params.system_prompt)) for r in rows]
         wire = [{"temperature": params.temperature if r.temperature is None else r.temperature, "top_p": params.top_p,
                  "max_tokens": params.max_new_tokens, "seed": _batch_seed(params.seed, f"row:{i}") & 0x7FFFFFFF,

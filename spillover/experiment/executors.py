@@ -46,16 +46,19 @@ class LocalExecutor(Executor):
 
         from rich.console import Console
 
+        from spillover.experiment._engines import engine_session
+
         console = Console(file=sys.stderr)
         failures = []
-        for u in units:
-            console.rule(f"{u.arm} / seed {u.seed}", style="dim")
-            try:
-                _unit_job(str(out), u.arm, u.seed, judges)
-            except SpilloverError as e:
-                failures.append((u, e.what.splitlines()[0]))
-            except Exception as e:  # noqa: BLE001 - the marker keeps the error; other units go on
-                failures.append((u, f"{type(e).__name__}: {e}"))
+        with engine_session(out, [(u.arm, u.seed) for u in units]):  # vLLM engines shared by units, all stopped here
+            for u in units:
+                console.rule(f"{u.arm} / seed {u.seed}", style="dim")
+                try:
+                    _unit_job(str(out), u.arm, u.seed, judges)
+                except SpilloverError as e:
+                    failures.append((u, e.what.splitlines()[0]))
+                except Exception as e:  # noqa: BLE001 - the marker keeps the error; other units go on
+                    failures.append((u, f"{type(e).__name__}: {e}"))
         return failures
 
 

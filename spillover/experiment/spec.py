@@ -159,12 +159,18 @@ class SamplingSpec(StrictModel):
     engine: Literal["hf", "vllm"] = Field("hf", description="hf: transformers generate in the unit's process | vllm: a "
                                           "vLLM engine process on the arm's merged model (`spillover engines install "
                                           "vllm` once; faster from about a hundred answers, README 'Fast sampling').")
+    prefetch_engine: bool | None = Field(None, description="engine vllm: start the next arm's engine while this arm "
+                                         "is judged and probed (an engine process alongside the judge and probe "
+                                         "models). Default (null): on for a CUDA engine build, off for the CPU build, "
+                                         "where the start competes for the same cores. Speed only: answers are the same.")
 
     @model_serializer(mode="wrap")
     def _omit_default_engine(self, handler):
         data = handler(self)
         if isinstance(data, dict) and data.get("engine") == "hf":  # stage hashes of earlier experiments stay valid
             data.pop("engine")
+        if isinstance(data, dict) and data.get("prefetch_engine") is None:
+            data.pop("prefetch_engine", None)
         return data
 
 

@@ -134,9 +134,11 @@ def train_own(cfg: ExperimentConfig, arm: ArmSpec, seed: int) -> str | None:
 
 def sample_own(cfg: ExperimentConfig, arm: ArmSpec, seed: int) -> str:
     ev = cfg.evaluation_for(arm)
+    sampling = ev.sampling.model_dump(mode="json")
+    sampling.pop("prefetch_engine", None)  # speed only: when an engine starts never changes answers
     return sha256_json({"model": cfg.model, "general": ev.general.model_dump(mode="json"),
                         "in_domain": ev.in_domain.model_dump(mode="json") if ev.in_domain else None,
-                        "sampling": ev.sampling.model_dump(mode="json"), "seed": seed})
+                        "sampling": sampling, "seed": seed})
 
 
 def judge_own(j: JudgeSpec, batch: int) -> str:
@@ -156,8 +158,9 @@ def summarise_own(seed: int) -> str:
 
 
 def benign_own(cfg: ExperimentConfig, seed: int) -> str:
+    engine = {"engine": "vllm"} if cfg.evaluation.sampling.engine == "vllm" else {}  # hf: hashes as before
     return sha256_json({"benign": [b.model_dump(mode="json") for b in cfg.evaluation.benign], "model": cfg.model,
-                        "dtype": cfg.dtype, "seed": seed})
+                        "dtype": cfg.dtype, "seed": seed, **engine})
 
 
 def own_hashes(cfg: ExperimentConfig, arm: ArmSpec, seed: int) -> dict[str, str]:
@@ -207,8 +210,9 @@ def make_judge(j: JudgeSpec, device: str | None, cache_dir: str | None = None):
 class UnitModel:
     """The arm's model (base + adapter), loaded on first use and shared by sampling and probing."""
 
-    def __init__(self, cfg: ExperimentConfig, adapter: str | None):
+    def __init__(self, cfg: ExperimentConfig, adapter: str | None, engines=None):
         self.cfg, self.adapter, self._loaded = cfg, adapter, None
+        self.engines = engines  # engine vllm: the run's engines (spillover.experiment._engines)
 
     def get(self):
         if self._loaded is None:
@@ -221,17 +225,17 @@ class UnitModel:
             self._loaded = (model, tok, ref)
         return self._loaded
 
-    def sampler(self):
+    def sampler(self, batch_size: int | None = None):
+        """HF on the loaded model (``batch_size``: the sampling one unless given), or with engine vllm the run's
+        engine on the merged arm model (one per model: questions and benign tasks share it; its batch size
+        is the sampling one)."""
         from spillover.evaluate.sampling import HFSampler
 
         sp = self.cfg.evaluation.sampling
-        if sp.engine == "vllm":  # an engine process on the merged arm model; the caller closes it
-            from spillover.evaluate.sampling import load_sampler
-
-            return load_sampler(self.cfg.model, self.adapter, device=self.cfg.device, dtype=self.cfg.dtype,
-                                batch_size=sp.batch_size, engine="vllm")
+        if sp.engine == "vllm":
+            return self.engines.sampler(self.cfg, self.adapter)
         model, tok, ref = self.get()
-        return HFSampler(model, tok, batch_size=self.cfg.evaluation.sampling.batch_size, model_id=ref.display,
+        return HFSampler(model, tok, batch_size=batch_size or sp.batch_size, model_id=ref.display,
                          adapter=self.adapter)
 
     def release(self) -> None:
@@ -328,9 +332,14 @@ def run_unit(out: str | Path, arm_name: str, seed: int, *, judges: list[JudgeSpe
         return ran
     adapter = adapter_of(out, cfg, arm, seed)
     up_train = _upstream_train(out, cfg, arm, seed)
-    unit_model = UnitModel(cfg, adapter)
+    from spillover.experiment._engines import RunEngines, current_session
+
+    engines = current_session() or RunEngines(out, [(arm.name, seed)])  # the executor's, or this unit's own
+    unit_model = UnitModel(cfg, adapter, engines)
     try:
         ran["sample"] = _sample(cfg, arm, seed, folder, unit_model, up_train)
+        ran["benign"] = _benign(cfg, arm, seed, folder, unit_model, up_train)  # sampling too: same engine
+        engines.handoff(cfg, arm.name, seed)  # this unit's engine stops (or stays for the next); the next starts
         samples = samples_log(folder).read()
         sample_run = Stage(folder, "sample", sample_own(cfg, arm, seed), {"train": up_train}).run_id
         for j in judges if judges is not None else cfg.evaluation.judges:
@@ -346,9 +355,13 @@ def run_unit(out: str | Path, arm_name: str, seed: int, *, judges: list[JudgeSpe
 
             ran[f"judge.{jid}"] = stage.run(judge_body, log.clear)
         ran["probe"] = _probe(out, cfg, arm, seed, folder, unit_model, up_train)
-        ran["benign"] = _benign(cfg, arm, seed, folder, unit_model, up_train)
+    except BaseException:
+        engines.close()  # a failed or interrupted unit leaves no engine running
+        raise
     finally:
         unit_model.release()
+        if engines is not current_session():
+            engines.close()
     ran["summarise"] = _summarise(out, cfg, arm, seed, folder, adapter)
     return ran
 
@@ -437,8 +450,10 @@ def _sample(cfg, arm, seed, folder, unit_model: UnitModel, up_train) -> bool:
             sample_into(log, sampler, sets, params, arm=arm.name, seed=seed, batch_size=sp.batch_size,
                         description=f"{arm.name} seed {seed}: sampling")
         finally:
-            getattr(sampler, "close", lambda: None)()  # an engine process stops here
-        return {"n_samples": len(log.read()), "sampler": sampler_record(sampler.identity())}
+            getattr(sampler, "close", lambda: None)()  # a pooled engine stays for the unit's benign tasks
+        started = getattr(sampler, "engine_start", None)  # an engine: started, started ahead or reused, and the wait
+        return {"n_samples": len(log.read()), "sampler": sampler_record(sampler.identity()),
+                **({"engine_start": started} if started else {})}
 
     return stage.run(body, log.clear)
 
@@ -473,7 +488,6 @@ def _benign(cfg, arm, seed, folder, unit_model: UnitModel, up_train) -> bool:
         return False
     from spillover.benign.tasks import parse_task_spec
     from spillover.evaluate.benign import evaluate_task
-    from spillover.evaluate.sampling import HFSampler
 
     stage = Stage(folder, "benign", benign_own(cfg, seed), {"train": up_train})
 
@@ -483,8 +497,7 @@ def _benign(cfg, arm, seed, folder, unit_model: UnitModel, up_train) -> bool:
             spec = parse_task_spec(b.task, where="evaluation.benign")
 
             def sampler(b=b):
-                model, tok, ref = unit_model.get()
-                return HFSampler(model, tok, batch_size=b.batch_size, model_id=ref.display, adapter=unit_model.adapter)
+                return unit_model.sampler(batch_size=b.batch_size)
 
             params = SamplingParams(temperature=b.temperature, max_new_tokens=b.max_new_tokens, seed=seed)
             result = evaluate_task(folder / "benign" / spec.key, spec, sampler, params, arm=arm.name, seed=seed,
