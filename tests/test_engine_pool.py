@@ -356,3 +356,60 @@ def test_prefetch_is_speed_only_and_hf_hashes_stay_as_they_were(tmp_path, tiny_m
     assert sample_own(vllm[0], vllm[0].arm("base"), 0) != sample_own(hf, hf.arm("base"), 0)
     assert "prefetch_engine" not in hf.evaluation.sampling.model_dump()
     assert vllm[1].evaluation.sampling.model_dump()["prefetch_engine"] is True  # kept in the saved config
+
+
+# ---------------------------------------------------------------- the real engine
+def _vllm_workers(owner: int) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0") if proc.name.isdigit() else []
+        except OSError:
+            continue
+        if any(a.endswith(b"_vllm_worker.py") for a in argv) and b"--owner" in argv \
+                and argv[argv.index(b"--owner") + 1] == str(owner).encode() and _alive(int(proc.name)):
+            found.append(int(proc.name))
+    return found
+
+
+@pytest.mark.slow
+def test_several_arms_in_one_experiment_on_the_real_engine(tmp_path, tiny_model_dir, monkeypatch):
+    """vLLM on the embedded model, arms base and a LoRA x seeds 0, 1 with prefetching: two engine starts for
+    four units (questions and a benign task each), answers of the reused engine equal a fresh engine's, no
+    worker left. ~3 engine starts (~45 s of CPU each)."""
+    from spillover.engines import engine_record
+    from spillover.experiment.results import read_marker, unit_dir
+    from spillover.experiment.runner import prepare, run_experiment
+    from spillover.experiment.stages import run_unit
+    from spillover.models import LoraSpec, apply_lora, load_model, save_adapter
+
+    if engine_record("vllm") is None:
+        pytest.skip("the vllm engine venv is not installed: run `spillover engines install vllm` (~3.3 GB)")
+    model, _, _ = load_model("embedded", device="cpu", dtype="float32")
+    peft = apply_lora(model, LoraSpec(r=4, alpha=8, target_modules=["q_proj", "v_proj"]))
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    adapter = save_adapter(peft, tmp_path / "adapter", base_model="embedded")
+    del model, peft
+    seen = []
+    monkeypatch.setattr(sys.modules[__name__], "JUDGE_HOOK", [lambda: seen.append(_models_of_live_engines())])
+    cfg = make_config(tmp_path, "embedded", adapter, prefetch_engine=True, max_new_tokens=12)
+    out = run_experiment(cfg, tmp_path / "exp")
+    starts = {(a, s): read_marker(unit_dir(out, a, s), "sample").model_extra["engine_start"]
+              for a in ("base", "tuned") for s in (0, 1)}
+    print({f"{a}/{s}": v for (a, s), v in starts.items()})  # how long each unit waited for its engine
+    assert {k: v["how"] for k, v in starts.items()} == {("base", 0): "started", ("base", 1): "reused",
+                                                         ("tuned", 0): "prefetched", ("tuned", 1): "reused"}
+    assert seen == [["base"], ["merged"], ["merged"], []]
+    assert not _vllm_workers(os.getpid()) and not live_engines()
+    answers = _answers(out)
+    assert answers["base/1"] != answers["tuned/1"] and answers["base/0"] != answers["base/1"]
+
+    alone = tmp_path / "alone"  # base seed 1 on a fresh engine: the answers of the reused one
+    prepare(make_config(tmp_path, "embedded", adapter, max_new_tokens=12), alone)
+    run_unit(alone, "base", 1)
+    assert _answers(alone) == {"base/1": answers["base/1"]}
+    assert not _vllm_workers(os.getpid())
