@@ -141,6 +141,17 @@ def test_one_engine_per_model_reused_and_replaced(launcher, tiny_model_dir, adap
     assert _no_workers_left(os.getpid())
 
 
+def test_a_sampler_of_its_own_stops_its_engine(launcher, tiny_model_dir, adapter_dir):
+    """`spillover sample --engine vllm`: VLLMSampler(...) starts an engine for itself; close stops it."""
+    from spillover.evaluate.sampling import load_sampler
+
+    with load_sampler(str(tiny_model_dir), str(adapter_dir), batch_size=4, engine="vllm") as sampler:
+        pid, merged_dir = sampler.engine.pid, sampler._tmp
+        assert sampler.engine_start == {"how": "started"} and merged_dir.is_dir()
+        assert len(sampler.generate_rows(ROWS, PARAMS)) == 4
+    assert not _alive(pid) and not merged_dir.exists() and not live_engines()
+
+
 def test_prefetch_starts_the_engine_before_it_is_needed(tmp_path, monkeypatch, tiny_model_dir):
     from spillover.evaluate import engine
     from spillover.evaluate.engine import EnginePool
