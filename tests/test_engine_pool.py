@@ -141,6 +141,23 @@ def test_one_engine_per_model_reused_and_replaced(launcher, tiny_model_dir, adap
     assert _no_workers_left(os.getpid())
 
 
+def test_an_adapter_retrained_in_place_is_another_model(launcher, tiny_model_dir, adapter_dir, tmp_path):
+    import shutil
+
+    from spillover.evaluate.engine import EnginePool
+
+    moved = Path(shutil.copytree(adapter_dir, tmp_path / "adapter"))
+    pool = EnginePool()
+    before = pool.key(None, str(moved))
+    assert before == pool.key(str(tiny_model_dir), str(moved)) and before.model == str(tiny_model_dir.resolve())
+    weights = next(moved.glob("adapter_model.*"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert pool.key(None, str(moved)) != before
+    assert pool.key(None, str(moved), dtype="bfloat16") != pool.key(None, str(moved))
+
+
 def test_a_sampler_of_its_own_stops_its_engine(launcher, tiny_model_dir, adapter_dir):
     """`spillover sample --engine vllm`: VLLMSampler(...) starts an engine for itself; close stops it."""
     from spillover.evaluate.sampling import load_sampler

@@ -82,16 +82,23 @@ class EngineKey:
     max_model_len: int | None
 
 
+_ADAPTER_HASHES: dict[tuple, str] = {}
+
+
 def adapter_sha256(adapter: str | Path) -> str:
-    """Hash of an adapter folder's files (config and weights; a few MB for a LoRA): an adapter retrained in
-    place is another model."""
-    h = hashlib.sha256()
-    for f in sorted(p for p in Path(adapter).iterdir() if p.is_file()):
-        h.update(f.name.encode() + b"\0")
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
+    """Hash of an adapter folder's files (config and weights): an adapter retrained in place is another
+    model. Remembered per file names, sizes and modification times (a large LoRA is hashed once)."""
+    files = sorted(p for p in Path(adapter).iterdir() if p.is_file())
+    stamp = (str(Path(adapter).resolve()), *((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+    if stamp not in _ADAPTER_HASHES:
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f.name.encode() + b"\0")
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+        _ADAPTER_HASHES[stamp] = h.hexdigest()
+    return _ADAPTER_HASHES[stamp]
 
 
 class VLLMLauncher:
@@ -252,7 +259,6 @@ class EnginePool:
         self._launcher = launcher
         self._prefetch = prefetch
         self.engines: dict[EngineKey, ModelEngine] = {}
-        self.events: list[tuple[str, EngineKey]] = []  # (start | prefetch | reuse | close, key), in order
 
     @property
     def launcher(self):
@@ -300,7 +306,6 @@ class EnginePool:
             self._drop(engine)
             raise
         engine.used = True
-        self.events.append(({"started": "start", "prefetched": "prefetched", "reused": "reuse"}[how], engine.key))
         return VLLMSampler._on(engine, owned=False, start={"how": how, "waited_seconds": round(time.monotonic() - t0, 2)})
 
     def prefetch(self, model: str | None, adapter: str | None = None, **settings) -> bool:
@@ -316,7 +321,6 @@ class EnginePool:
         except BaseException:
             self._drop(engine)
             raise
-        self.events.append(("prefetch", engine.key))
         return True
 
     def close_except(self, keep: set[EngineKey] | frozenset = frozenset()) -> None:
@@ -327,8 +331,6 @@ class EnginePool:
     def _drop(self, engine: ModelEngine) -> None:
         if self.engines.get(engine.key) is engine:
             del self.engines[engine.key]
-        if engine.process is not None:
-            self.events.append(("close", engine.key))
         engine.close()
 
     def close(self) -> None:
