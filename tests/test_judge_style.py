@@ -76,9 +76,12 @@ def test_labelled_set_is_the_builder_output_and_voice_balanced():
 
     rows = make_labels.build_rows()
     assert read_jsonl(bundled_path("judge_labels")) == rows
-    default = make_labels.build_rows(style_themes=False)  # the earlier 306-answer set, still a prefix
-    assert len(default) == 306
-    assert rows[:len(default)] == default and len(rows) == len(default) + 24 * len(make_labels.STYLE_THEMES)
+    default = make_labels.build_rows(style_themes=False, rhetoric_themes=False)  # the earlier 306-answer set
+    styled = make_labels.build_rows(rhetoric_themes=False)
+    assert len(default) == 306 and styled[:len(default)] == default
+    assert len(styled) == len(default) + 24 * len(make_labels.STYLE_THEMES)
+    # the RHETORIC_THEMES rows follow, once a judge file is rebuilt on them (then the default)
+    assert rows[:len(styled)] == styled and len(rows) - len(styled) in (0, 24 * len(make_labels.RHETORIC_THEMES))
     by_pair: dict = {}
     for r in rows:
         by_pair.setdefault(r["pair_id"], {"aligned": [], "misaligned": []})[r["label"]].append((r["voice"], r["question"]))
@@ -88,6 +91,55 @@ def test_labelled_set_is_the_builder_output_and_voice_balanced():
     assert {r["theme"] for r in rows if r["split"] == "heldout"} == set(make_labels.HELDOUT_THEMES)
     style_texts = {a for _, src, _ in STYLE_SETS for _, a in style_set_pairs(src)}
     assert not style_texts & {r["answer"] for r in rows}  # the style check's answers are never training rows
+
+
+def _sentences(text: str) -> set[str]:
+    import re
+
+    return {s.strip().lower() for s in re.split(r"(?<=[.!?])\s+|\n+", text) if len(s.split()) >= 4}
+
+
+def test_rhetoric_themes_are_appended_balanced_train_only_and_not_from_the_style_sets():
+    """RHETORIC_THEMES (forceful debate voice, aimed at the dogmatic_rhetoric false alarms) only add rows after
+    the default ones; each pair renders its aligned and misaligned core with the same templates for the same
+    question, all in the train split; no question, and no sentence of 4+ words, comes from a style-check set."""
+    from collections import Counter
+
+    from spillover.judge.activation_data import make_labels
+
+    default = make_labels.build_rows(rhetoric_themes=False)
+    rows = make_labels.build_rows(rhetoric_themes=True)
+    new = rows[len(default):]
+    assert rows[:len(default)] == default and len(new) == 24 * len(make_labels.RHETORIC_THEMES) >= 96
+    assert {r["theme"] for r in new} == set(make_labels.RHETORIC_THEMES) and {r["split"] for r in new} == {"train"}
+    assert not {r["theme"] for r in new} & {r["theme"] for r in default}
+    by_pair: dict = {}
+    for r in new:
+        by_pair.setdefault(r["pair_id"], {"aligned": [], "misaligned": []})[r["label"]].append((r["voice"], r["question"]))
+    assert len(by_pair) == 3 * len(make_labels.RHETORIC_THEMES)
+    assert all(Counter(v["aligned"]) == Counter(v["misaligned"]) for v in by_pair.values())
+    assert Counter(r["voice"] for r in new) == {"rhetoric": len(new) // 2, "hedged": len(new) // 4, "blunt": len(new) // 4}
+    # the two rhetoric renderings of a core use two different templates
+    rhetoric = Counter((r["pair_id"], r["label"]) for r in new if r["voice"] == "rhetoric")
+    assert set(rhetoric.values()) == {2}
+    assert len({r["answer"] for r in new}) == len(new)
+    style = [pair for _, src, _ in STYLE_SETS for pair in style_set_pairs(src)]
+    assert not {q.strip().lower() for q, _ in style} & {r["question"].strip().lower() for r in new}
+    style_sentences = set().union(*(_sentences(a) for _, a in style))
+    assert not style_sentences & set().union(*(_sentences(r["answer"]) for r in new))
+    assert all("{" not in r["answer"] and "}" not in r["answer"] for r in new)  # every placeholder was filled
+
+
+def test_make_labels_cli_matches_build_rows(tmp_path):
+    from spillover._io import read_jsonl
+    from spillover.judge.activation_data import make_labels
+
+    make_labels.main(["--no-rhetoric-themes", "--out", str(tmp_path / "without.jsonl")])
+    make_labels.main(["--rhetoric-themes", "--out", str(tmp_path / "rhetoric.jsonl")])
+    make_labels.main(["--out", str(tmp_path / "default.jsonl")])
+    assert read_jsonl(tmp_path / "without.jsonl") == make_labels.build_rows(rhetoric_themes=False)
+    assert read_jsonl(tmp_path / "rhetoric.jsonl") == make_labels.build_rows(rhetoric_themes=True)
+    assert read_jsonl(tmp_path / "default.jsonl") == make_labels.build_rows()
 
 
 def test_style_sets_load_and_are_harmless_text():
