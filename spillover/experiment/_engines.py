@@ -21,6 +21,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from spillover.errors import SpilloverError
+
 _ACTIVE: RunEngines | None = None
 
 
@@ -52,8 +54,6 @@ class RunEngines:
         if cfg.evaluation.sampling.engine != "vllm":
             return
         following = self.units[self.units.index((arm, seed)) + 1:] if (arm, seed) in self.units else []
-        from spillover.errors import SpilloverError
-
         try:
             adapter = engine_need(self.out, cfg, *following[0]) if following else False
             keep = None if adapter is False else self._pool(cfg).key(cfg.model, adapter, **self._settings(cfg))
