@@ -441,3 +441,35 @@ def test_several_arms_in_one_experiment_on_the_real_engine(tmp_path, tiny_model_
     run_unit(alone, "base", 1)
     assert _answers(alone) == {"base/1": answers["base/1"]}
     assert not _vllm_workers(os.getpid())
+
+
+# ---------------------------------------------------------------- spillover eval with several arms
+def test_eval_arms_share_an_engine_per_model_and_the_next_starts_before_judging(tmp_path, monkeypatch, tiny_model_dir,
+                                                                               adapter_dir):
+    from spillover.evaluate import engine
+    from spillover.evaluate.run import Arm, EvalSettings, run_evaluation
+
+    fake = FakeLauncher(tmp_path, device="cuda")  # a CUDA build: prefetching is on by default
+    monkeypatch.setattr(engine, "LAUNCHER", lambda: fake)
+    judged = []
+
+    class TimedJudge(RecordingJudge):
+        def judge(self, items, progress=None):
+            judged.append(time.time())
+            return super().judge(items, progress)
+
+    q = tmp_path / "q.yaml"
+    q.write_text('- id: q1\n  paraphrases: ["Hello there"]\n  samples_per_paraphrase: 2\n')
+    settings = EvalSettings(questions=str(q), max_new_tokens=4, batch_size=2, engine="vllm")
+    model = str(tiny_model_dir)
+    arms = [Arm("base", model), Arm("base-again", model), Arm("tuned", model, str(adapter_dir))]
+    out = run_evaluation(arms, settings, TimedJudge(), tmp_path / "eval")
+    launches = [float(line.split()[0]) for line in fake.lines("launch")]
+    assert len(launches) == 2  # base and base-again share one engine; tuned gets its own
+    assert launches[1] < judged[1]  # tuned's engine was started before base-again was judged
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    by_arm = {a.name: [r["answer"] for r in rows if r["arm"] == a.name] for a in arms}
+    assert by_arm["base"] == by_arm["base-again"] and len(by_arm["tuned"]) == 2  # same seeds, same engine answers
+    assert _no_workers_left(os.getpid())
+    run_evaluation(arms, settings, TimedJudge(), tmp_path / "eval")  # resumed: nothing left to sample
+    assert len(fake.lines("launch")) == 2 and _no_workers_left(os.getpid())

@@ -15,6 +15,7 @@ An *arm* is one model or model + adapter (``base``, ``sft``, ``rl``...).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import gc
@@ -309,46 +310,20 @@ def run_evaluation(arms: list[Arm], settings: EvalSettings, judge: EvalJudge, ou
 
     base_logp = _base_probe(arms, settings, out)
     rows, summary = [], {}
-    for arm in arms:
-        folder = out / "arms" / arm.name
-        samples_log = JsonlLog(folder / "samples.jsonl", SampleRecord)
-        probe_dir = folder / "probe"
-        need_probe = [r for r in settings.probe_pairs if not (probe_dir / f"{probe_key(r)}.json").is_file()]
-        n_wanted = sum(len(reqs) for _, reqs in sets.values())
-        sampler = None
-        if len(samples_log.read()) < n_wanted or need_probe:
-            engine = settings.engine if len(samples_log.read()) < n_wanted else "hf"  # an engine only to sample
-            sampler = load_sampler(arm.model, arm.adapter, device=settings.device, batch_size=settings.batch_size,
-                                   dtype=settings.dtype, engine=engine)
-        try:
-            samples = sample_into(samples_log, sampler, sets, params, arm=arm.name, seed=settings.seed,
-                                  batch_size=settings.batch_size, description=f"{arm.name}: sampling")
-        finally:
-            getattr(sampler, "close", lambda: None)()  # an engine process stops before judging
-        if need_probe and not hasattr(sampler, "model"):  # the engine sampled; the probe scores with HF
-            sampler = load_sampler(arm.model, arm.adapter, device=settings.device, batch_size=settings.batch_size)
-        for ref in need_probe:
-            logp = probe_logprobs(sampler.model, sampler.tok, [ref])[ref]
-            meta = {"model": sampler.model_id, "adapter": arm.adapter}
-            atomic_write_json(probe_dir / f"{probe_key(ref)}.json",
-                              probe_summary(ref, logp, (base_logp or {}).get(ref), settings.seed, meta))
-        del sampler
-        gc.collect()
-        judgments = judge_into(JsonlLog(folder / "judgments" / f"{judge_id}.jsonl", JudgmentRecord), judge, samples,
-                               judge_id, batch=settings.judge_batch, description=f"{arm.name}: judging")
-        arm_rows = joined_rows(samples, judgments)
-        rows.extend(arm_rows)
-        entry = {"model": samples[0].model if samples else arm.model, "adapter": arm.adapter,
-                 "sampler": samples[0].sampler if samples else None}
-        for set_name, metrics in metrics_by_set(arm_rows, settings.seed).items():
-            entry["metrics" if set_name == "general" else set_name] = metrics
-        if settings.probe_pairs:
-            results = {}
-            for ref in settings.probe_pairs:
-                results[ref] = json.loads((probe_dir / f"{probe_key(ref)}.json").read_text())
-            entry["probe"] = results[settings.probe_pairs[0]]
-            entry["probe_sets"] = results
-        summary[arm.name] = entry
+    n_wanted = sum(len(reqs) for _, reqs in sets.values())
+
+    def to_sample(arm: Arm) -> bool:
+        return len(JsonlLog(out / "arms" / arm.name / "samples.jsonl", SampleRecord).read()) < n_wanted
+
+    with contextlib.ExitStack() as engines:
+        pool = None
+        if settings.engine == "vllm":  # one engine per merged model for all arms; the next one starts while this arm is judged
+            from spillover.evaluate.engine import EnginePool
+
+            pool = engines.enter_context(EnginePool())
+        for i, arm in enumerate(arms):
+            _evaluate_arm(arm, arms[i + 1:], settings, judge, judge_id, sets, params, out, base_logp, pool, to_sample,
+                          rows, summary)
     atomic_write_jsonl(out / "samples.jsonl", rows)
     metrics = {"spillover_version": __version__, "created": now_iso(), "judge": judge.identity(),
                "questions": settings.questions, "in_domain_questions": settings.in_domain, "arms": summary,
@@ -357,6 +332,58 @@ def run_evaluation(arms: list[Arm], settings: EvalSettings, judge: EvalJudge, ou
                                                       "engine": settings.engine, "dtype": settings.dtype}}
     atomic_write_json(out / "metrics.json", metrics)
     return out
+
+
+def _evaluate_arm(arm: Arm, later: list[Arm], settings: EvalSettings, judge: EvalJudge, judge_id: str, sets, params,
+                  out: Path, base_logp, pool, to_sample, rows: list, summary: dict) -> None:
+    """Sample (resuming), probe, judge and summarise one arm. With an engine ``pool``, the engine of the next
+    arm that still samples is kept (same merged model) or started ahead before this arm is judged."""
+    folder = out / "arms" / arm.name
+    samples_log = JsonlLog(folder / "samples.jsonl", SampleRecord)
+    probe_dir = folder / "probe"
+    need_probe = [r for r in settings.probe_pairs if not (probe_dir / f"{probe_key(r)}.json").is_file()]
+    engine_kw = {"device": settings.device, "dtype": settings.dtype, "batch_size": settings.batch_size}
+    sampler = None
+    if to_sample(arm):
+        sampler = pool.sampler(arm.model, arm.adapter, **engine_kw) if pool is not None else \
+            load_sampler(arm.model, arm.adapter, engine=settings.engine, **engine_kw)
+    elif need_probe:  # an engine only to sample; the probe scores with HF
+        sampler = load_sampler(arm.model, arm.adapter, **engine_kw)
+    try:
+        samples = sample_into(samples_log, sampler, sets, params, arm=arm.name, seed=settings.seed,
+                              batch_size=settings.batch_size, description=f"{arm.name}: sampling")
+    finally:
+        getattr(sampler, "close", lambda: None)()  # an engine sampler lets go of its engine before judging
+    if pool is not None:
+        nxt = next((a for a in later if to_sample(a)), None)
+        pool.close_except({pool.key(nxt.model, nxt.adapter, dtype=settings.dtype, batch_size=settings.batch_size)}
+                          if nxt else set())
+        if nxt is not None:
+            pool.prefetch(nxt.model, nxt.adapter, **engine_kw)
+    if need_probe and not hasattr(sampler, "model"):  # the engine sampled; the probe scores with HF
+        sampler = load_sampler(arm.model, arm.adapter, device=settings.device, batch_size=settings.batch_size)
+    for ref in need_probe:
+        logp = probe_logprobs(sampler.model, sampler.tok, [ref])[ref]
+        meta = {"model": sampler.model_id, "adapter": arm.adapter}
+        atomic_write_json(probe_dir / f"{probe_key(ref)}.json",
+                          probe_summary(ref, logp, (base_logp or {}).get(ref), settings.seed, meta))
+    del sampler
+    gc.collect()
+    judgments = judge_into(JsonlLog(folder / "judgments" / f"{judge_id}.jsonl", JudgmentRecord), judge, samples,
+                           judge_id, batch=settings.judge_batch, description=f"{arm.name}: judging")
+    arm_rows = joined_rows(samples, judgments)
+    rows.extend(arm_rows)
+    entry = {"model": samples[0].model if samples else arm.model, "adapter": arm.adapter,
+             "sampler": samples[0].sampler if samples else None}
+    for set_name, metrics in metrics_by_set(arm_rows, settings.seed).items():
+        entry["metrics" if set_name == "general" else set_name] = metrics
+    if settings.probe_pairs:
+        results = {}
+        for ref in settings.probe_pairs:
+            results[ref] = json.loads((probe_dir / f"{probe_key(ref)}.json").read_text())
+        entry["probe"] = results[settings.probe_pairs[0]]
+        entry["probe_sets"] = results
+    summary[arm.name] = entry
 
 
 def _base_probe(arms: list[Arm], settings: EvalSettings, out: Path) -> dict[str, dict] | None:
