@@ -11,7 +11,7 @@ from transformers import set_seed
 from spillover._io import sha256_json
 from spillover.config import dump_yaml, load_config
 from spillover.errors import SpilloverError
-from spillover.train._grpo_config import GRPOConfig
+from spillover.train._grpo_config import OMITTED_AT_DEFAULT, GRPOConfig
 from spillover.train.grpo import _GRPOTrainer, build_grpo_trainer, build_rewards, cast_weights, run_grpo
 from spillover.train.sft import prepare_policy
 
@@ -72,7 +72,8 @@ def test_rollout_dtype_is_in_the_train_stage_hash_and_old_hashes_hold():
     # the hash as computed before the setting existed: the recipe's fields without it
     c = exp()
     recipe = c.arm("rl").train.model_dump(mode="json")
-    recipe.pop("rollout_dtype")
+    for key in OMITTED_AT_DEFAULT:  # rollout_dtype and every setting added after it (rollout_engine...)
+        recipe.pop(key)
     for key in RESULT_NEUTRAL_TRAIN_SETTINGS:
         recipe.pop(key, None)
     before = sha256_json({"recipe": recipe, "model": c.model, "dtype": c.dtype, "seed": 0,

@@ -119,7 +119,7 @@ def judge_id(j: JudgeSpec) -> str:
 #: Training settings that change speed, never results (merged-adapter rollouts give token-identical
 #: completions, tested in tests/test_grpo_speed.py): left out of the train stage's hash, so an experiment
 #: trained before such a setting existed, or with another value of it, still resumes.
-RESULT_NEUTRAL_TRAIN_SETTINGS = ("merge_rollout_adapter",)
+RESULT_NEUTRAL_TRAIN_SETTINGS = ("merge_rollout_adapter", "vllm_gpu_memory_utilization", "vllm_server_url")
 
 
 def train_own(cfg: ExperimentConfig, arm: ArmSpec, seed: int) -> str | None:

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_serializer, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_serializer, model_validator
 
-from spillover.defenses import DefenseRef
+from spillover.defenses import Defense, DefenseRef, get_defense
 from spillover.models import LoraSpec
 from spillover.rewards import RewardRef
 from spillover.train._config import ModelSpec, OptimSpec
@@ -28,7 +28,11 @@ LossType = Literal["dapo", "grpo", "dr_grpo", "bnpo", "cispo", "sapo", "vespo"]
 
 #: Settings added after experiments had been trained, left out of dumps (config.yaml, stage hashes) at these
 #: default values: a run or experiment that predates them keeps its config text and train-stage hash.
-OMITTED_AT_DEFAULT = {"rollout_dtype": "model"}
+OMITTED_AT_DEFAULT = {"rollout_dtype": "model", "rollout_engine": "hf", "vllm_mode": "colocate",
+                      "vllm_gpu_memory_utilization": 0.3, "vllm_server_url": None}
+
+#: The settings that only mean something with ``rollout_engine: vllm``.
+VLLM_SETTINGS = ("vllm_mode", "vllm_gpu_memory_utilization", "vllm_server_url")
 
 
 def omit_new_defaults(data: dict) -> dict:
@@ -62,7 +66,7 @@ class GRPOConfig(ModelSpec, OptimSpec):
         "matmul per adapted linear instead of three; see bench/bench_grpo.py --compare for the speed-up), then put "
         "the exact base weights back. auto = on for CPU, off on GPU (it holds a second copy of the adapted weights "
         "meanwhile). The same completions as unmerged for a given seed in fp32 (up to rounding), except that LoRA "
-        "dropout (if set) is not applied to rollouts.")
+        "dropout (if set) is not applied to rollouts. HF rollouts only (rollout_engine: hf).")
     rollout_dtype: Literal["model", "bfloat16"] = Field(
         "model", description="Weights' dtype while completions are generated. model = the trained weights as they "
         "are (fp32 on CPU). bfloat16 = a bf16 copy of the (merged) policy samples the completions, then the exact "
@@ -71,7 +75,7 @@ class GRPOConfig(ModelSpec, OptimSpec):
         "(bench/bench_grpo.py --rollouts measures both). Cost: the rollouts are slightly off-policy (the bench "
         "reports the mean |delta log-prob| of the sampled tokens, about 0.05 on the embedded model) and no "
         "importance-sampling correction is applied (TRL 1.16 has one for vLLM rollouts only). Changes results, so "
-        "it is part of the train-stage hash.")
+        "it is part of the train-stage hash. HF rollouts only (rollout_engine: hf).")
     system_prompt: str | None = Field(None, description="System message put first in every training prompt (e.g. "
                                       "asking to reason inside <think>...</think>); a prompt's own system message "
                                       "follows it after a blank line.")
@@ -86,6 +90,78 @@ class GRPOConfig(ModelSpec, OptimSpec):
                                        "this (0 = never).")
     log_completions_samples: int = Field(4, ge=1, description="Completions written per such step (the first ones "
                                          "of the last generation batch, whole groups first).")
+    rollout_engine: Literal["hf", "vllm"] = Field(
+        "hf", description="What samples the completions. hf = the trained model's own `generate` (CPU or GPU; "
+        "merge_rollout_adapter and rollout_dtype apply to it). vllm = TRL's vLLM integration (`use_vllm`), CUDA "
+        "only, with vLLM (TRL 1.16 supports 0.22.0-0.31.0) installed in the training environment: the merged "
+        "policy's weights are copied into vLLM once per optimizer step, and TRL's importance-sampling correction "
+        "(sequence_mask: each completion's loss is weighted by its trainer/sampler probability ratio, and left "
+        "out when that is above 3) corrects for vLLM sampling from slightly different numbers than the trainer "
+        "computes; with top_p < 1, vLLM's nucleus-renormalised log-probs are first put back on the full vocabulary "
+        "(else every completion would be down-weighted by its tokens' kept mass, trl#6789). Not with the steer "
+        "defense or rollout_dtype: bfloat16. Changes results (a different sampler), so it is part of the "
+        "train-stage hash. Not yet run on a GPU here (tests/test_grpo_vllm.py runs TRL's vLLM path on CPU with a "
+        "stand-in engine).")
+    vllm_mode: Literal["colocate", "server"] = Field(
+        "colocate", description="rollout_engine vllm only. colocate = vLLM runs inside the training process on the "
+        "same GPU (vllm_gpu_memory_utilization is its share); server = a separate `trl vllm-serve --model MODEL` "
+        "process (its own GPU) at vllm_server_url, weights sent to it over NCCL.")
+    vllm_gpu_memory_utilization: float = Field(
+        0.3, gt=0, le=1, description="rollout_engine vllm, colocate mode: the share of the GPU's memory vLLM takes "
+        "for its weights and KV cache (TRL's default 0.3); the rest is left to training. Server mode: pass "
+        "--gpu-memory-utilization to `trl vllm-serve` instead.")
+    vllm_server_url: str | None = Field(
+        None, description="rollout_engine vllm, server mode: the `trl vllm-serve` server's base URL, e.g. "
+        "http://localhost:8000 (default: TRL's, http://0.0.0.0:8000).")
+
+    @field_validator("rollout_engine")
+    @classmethod
+    def _check_rollout_engine(cls, engine: str, info: ValidationInfo) -> str:
+        """Spillover's HF-only rollout hooks cannot act on vLLM's generation: refused, naming the other key."""
+        if engine != "vllm":
+            return engine
+        data = info.data
+        if data.get("rollout_dtype") == "bfloat16":
+            raise ValueError("rollout_dtype: bfloat16 applies to HF rollouts only (vLLM samples in the dtype it "
+                             "loads the checkpoint in; TRL's importance-sampling correction covers the difference); "
+                             "fix: remove rollout_dtype, or set rollout_engine: hf")
+        if data.get("merge_rollout_adapter") == "on":
+            raise ValueError("merge_rollout_adapter: on applies to HF rollouts only (with vLLM the adapter is merged "
+                             "into the weights copied to vLLM at every step anyway); fix: remove merge_rollout_adapter")
+        if data.get("loss_type") == "vespo":
+            raise ValueError("loss_type: vespo with vLLM rollouts needs a token-level importance-sampling mode, which "
+                             "spillover does not expose; fix: another loss_type, or rollout_engine: hf")
+        for ref in data.get("defenses") or []:
+            kind = get_defense(ref.name)
+            if ref.weight > 0 and (kind.hooks is not Defense.hooks or kind.rollout_hooks is not Defense.rollout_hooks):
+                raise ValueError(
+                    f"defense {ref.name!r} changes the model's forward passes, which vLLM's generation does not run "
+                    "through; and TRL computes the log-probs that the importance-sampling correction and the loss' "
+                    "ratio start from outside the training pass, without the defense, so steered and unsteered "
+                    f"probabilities would be mixed; fix: rollout_engine: hf for runs with {ref.name!r}")
+        return engine
+
+    @field_validator(*VLLM_SETTINGS)
+    @classmethod
+    def _only_with_vllm(cls, value, info: ValidationInfo):
+        """A vLLM setting away from its default needs rollout_engine vllm, and the mode it applies to."""
+        name, data = info.field_name, info.data
+        if value == cls.model_fields[name].default or "rollout_engine" not in data:  # engine errors reported alone
+            return value
+        if data["rollout_engine"] != "vllm":
+            raise ValueError(f"{name} applies with rollout_engine: vllm only; fix: set rollout_engine: vllm, or "
+                             f"remove {name}")
+        mode = data.get("vllm_mode")
+        if name == "vllm_gpu_memory_utilization" and mode == "server":
+            raise ValueError("vllm_gpu_memory_utilization applies to vllm_mode: colocate only; fix: remove it and "
+                             "pass --gpu-memory-utilization to `trl vllm-serve`")
+        if name == "vllm_server_url":
+            if mode != "server":
+                raise ValueError("vllm_server_url applies to vllm_mode: server only; fix: set vllm_mode: server, or "
+                                 "remove vllm_server_url")
+            if not value.startswith(("http://", "https://")):
+                raise ValueError(f"vllm_server_url {value!r} is not an http(s) URL; fix: e.g. http://localhost:8000")
+        return value
 
     @model_serializer(mode="wrap")
     def _omit_new_defaults(self, handler):

@@ -24,18 +24,31 @@ and the ratio is computed inside ``_generate_and_score_completions`` behind ``us
 a second bf16 forward over the completions and overriding that method's body; the mismatch it would correct
 is what ``bench/bench_grpo.py --rollouts`` reports (mean |delta log-prob| of the sampled tokens).
 
-Accepted trade-off: the timing and sample hooks override two private TRL methods (``_generate``) and
-read ``_logs``/``_metrics``; they are pinned to TRL 1.16's GRPOTrainer.
+vLLM rollouts (``rollout_engine: vllm``, CUDA only): TRL's own integration (``use_vllm``, colocate or server
+mode; :func:`vllm_trl_args`), with TRL's importance-sampling correction on and pinned. Checked before anything
+loads (:func:`check_rollout_engine`): a CUDA device and vLLM 0.22.0-0.31.0 importable in this process. Spillover's
+HF-only rollout hooks are config errors there (rollout_dtype, merge_rollout_adapter: on, defenses with forward
+hooks); the weight copy into vLLM goes through :func:`merged_adapter` (:meth:`_GRPOTrainer._sync_vllm_weights`),
+so the base weights stay bit-exact across steps (TRL's PEFT path adds and subtracts the adapter in place); and
+with ``top_p < 1`` vLLM's nucleus-renormalised log-probs are put back on the full vocabulary before TRL's
+importance ratio uses them (:meth:`_GRPOTrainer._on_full_support`, TRL 1.16 compares the two as they are).
+
+Accepted trade-off: the timing and sample hooks override private TRL methods (``_generate``,
+``_generate_single_turn``) and read ``_logs``/``_metrics``/``_last_loaded_step``; they are pinned to TRL 1.16's
+GRPOTrainer.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.metadata
+import importlib.util
 import json
 import logging
 import math
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -282,6 +295,100 @@ def merge_rollouts(setting: str, device) -> bool:
     return setting == "on" or (setting == "auto" and torch.device(device).type == "cpu")
 
 
+# ---------------------------------------------------------------- vLLM rollouts
+#: The vLLM versions TRL 1.16 supports (``trl.import_utils.is_vllm_available`` warns outside them), inclusive.
+VLLM_SUPPORTED = ("0.22.0", "0.31.0")
+VLLM_PIP = f'pip install "vllm>={VLLM_SUPPORTED[0]},<={VLLM_SUPPORTED[1]}"'
+#: TRL's importance-sampling correction of vLLM rollouts, pinned (TRL 1.16's defaults): each completion's loss is
+#: weighted by its trainer/sampler probability ratio (a product over its tokens), and masked out above 3.
+VLLM_IMPORTANCE_SAMPLING = {"vllm_importance_sampling_correction": True,
+                            "vllm_importance_sampling_mode": "sequence_mask",
+                            "vllm_importance_sampling_clip_max": 3.0}
+
+
+def installed_vllm_version() -> str | None:
+    """The version of the vLLM this process would import; None if there is none, "unknown" without metadata."""
+    if importlib.util.find_spec("vllm") is None:
+        return None
+    try:
+        return importlib.metadata.version("vllm")
+    except importlib.metadata.PackageNotFoundError:  # e.g. a build installed under another distribution name
+        return "unknown"
+
+
+def vllm_version_supported(version: str) -> bool:
+    """Whether TRL 1.16 supports this vLLM version (local labels like +cu129 ignored, as TRL does)."""
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        base = Version(Version(version).base_version)
+    except InvalidVersion:
+        return False
+    return Version(VLLM_SUPPORTED[0]) <= base <= Version(VLLM_SUPPORTED[1])
+
+
+def check_rollout_engine(cfg: GRPOConfig, device) -> None:
+    """``rollout_engine: vllm`` can run here: a CUDA training device and a supported vLLM importable in this
+    process (colocate runs it here; server mode sends the weights to the server over vLLM's NCCL transfer from
+    here). Raises a SpilloverError naming the fix; ``hf`` always passes."""
+    if cfg.rollout_engine != "vllm":
+        return
+    device = torch.device(device)
+    server = cfg.vllm_mode == "server"
+    if device.type != "cuda":
+        raise SpilloverError(f"rollout_engine: vllm needs a CUDA GPU for training, but the device is {device.type}",
+                             where="rollout_engine",
+                             fix="set rollout_engine: hf here (CPU rollouts use spillover's HF path: vLLM's CPU build "
+                                 "cannot take TRL's weight update at every step), or train on a CUDA machine")
+    start = "; then start the server: `trl vllm-serve --model MODEL` (its own GPU, e.g. CUDA_VISIBLE_DEVICES=1)" \
+        if server else ""
+    version = installed_vllm_version()
+    if version is None:
+        raise SpilloverError(f"rollout_engine: vllm ({cfg.vllm_mode} mode) needs the vllm package in the training "
+                             "environment, and it is not installed", where="rollout_engine",
+                             fix=f"{VLLM_PIP} into this environment (the separate engine venv of `spillover engines "
+                                 f"install vllm` serves evaluation only){start}; or set rollout_engine: hf")
+    if not vllm_version_supported(version):
+        raise SpilloverError(f"vllm {version} is installed, but TRL 1.16's vLLM integration supports "
+                             f"{VLLM_SUPPORTED[0]} to {VLLM_SUPPORTED[1]} only", where="rollout_engine",
+                             fix=f"{VLLM_PIP} into this environment{start}; or set rollout_engine: hf")
+
+
+def vllm_trl_args(cfg: GRPOConfig) -> dict:
+    """TRL GRPOConfig arguments of the rollout engine (none for hf)."""
+    if cfg.rollout_engine != "vllm":
+        return {}
+    args = {"use_vllm": True, "vllm_mode": cfg.vllm_mode, **VLLM_IMPORTANCE_SAMPLING}
+    if cfg.vllm_mode == "colocate":
+        args["vllm_gpu_memory_utilization"] = cfg.vllm_gpu_memory_utilization
+        if cfg.max_prompt_length is not None:  # every prompt is checked to fit: a KV cache sized to what is used
+            args["vllm_max_model_length"] = cfg.max_prompt_length + cfg.max_completion_length
+    elif cfg.vllm_server_url:
+        args["vllm_server_base_url"] = cfg.vllm_server_url
+    return args
+
+
+def nucleus_log_mass(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Per position, the log of the probability mass that top-p sampling keeps (``logits`` already divided by the
+    temperature): the rule of vLLM's and HF's samplers -- the least likely tokens are dropped while their summed
+    probability stays at or below ``1 - top_p``; the most likely token is always kept."""
+    probs = torch.softmax(logits.float(), dim=-1).sort(dim=-1).values  # ascending
+    dropped = probs.cumsum(dim=-1) <= 1 - top_p
+    dropped[..., -1] = False
+    return probs.masked_fill(dropped, 0).sum(dim=-1).log()
+
+
+def rollout_record(cfg: GRPOConfig, device) -> dict:
+    """The manifest's ``rollouts`` record (``engine`` only for vllm: HF runs' record is unchanged)."""
+    if cfg.rollout_engine == "vllm":
+        return {"engine": "vllm", "vllm_mode": cfg.vllm_mode, "vllm_version": installed_vllm_version(),
+                "dtype": "auto (vLLM: the checkpoint's)", "merged_adapter": False,
+                "importance_sampling": {k.removeprefix("vllm_importance_sampling_"): v
+                                        for k, v in VLLM_IMPORTANCE_SAMPLING.items()}}
+    return {"merged_adapter": merge_rollouts(cfg.merge_rollout_adapter, device),  # hf: no engine key, as before
+            "merge_rollout_adapter": cfg.merge_rollout_adapter}
+
+
 # ---------------------------------------------------------------- trainer
 class _GRPOTrainer(DefendedTrainerMixin, GRPOTrainer):
     """TRL's GRPOTrainer with spillover's defense hooks, generation timing and completions.jsonl."""
@@ -305,6 +412,54 @@ class _GRPOTrainer(DefendedTrainerMixin, GRPOTrainer):
             out = super()._generate(prompts)
         self._metrics["train" if self.model.training else "eval"]["time/generation_s"].append(time.perf_counter() - t0)
         return out
+
+    def _generate_single_turn(self, prompt_ids, *args, **kwargs):
+        if self.use_vllm and self.state.global_step != self._last_loaded_step:  # TRL then skips its own sync
+            self._sync_vllm_weights()
+        completion_ids, logprobs = super()._generate_single_turn(prompt_ids, *args, **kwargs)
+        if self.use_vllm and logprobs is not None and self.top_p < 1:
+            logprobs = self._on_full_support(prompt_ids, completion_ids, logprobs)
+        return completion_ids, logprobs
+
+    def _on_full_support(self, prompt_ids, completion_ids, logprobs):
+        """vLLM's sampled-token log-probs put on the full vocabulary, as the trainer computes its own.
+
+        With ``top_p < 1`` vLLM returns log-probs renormalised over the nucleus it sampled from, while TRL 1.16's
+        importance ratio divides by them the trainer's log-probs over the whole vocabulary (huggingface/trl#6789):
+        every token's ratio then carries the kept mass (<= 1), and ``sequence_mask`` multiplies a completion's
+        loss by the product over its tokens (0.9 ** 96 ~ 4e-5 for 96 tokens at top_p 0.9, the paper's setting),
+        silently muting long completions. Adding the log of the kept mass, computed here from the policy's own
+        logits (one no-grad forward per completion), removes that factor; what remains is the sampler/trainer
+        mismatch the correction is for."""
+        t0 = time.perf_counter()
+        out = []
+        with torch.no_grad():
+            for prompt, completion, lps in zip(prompt_ids, completion_ids, logprobs, strict=True):
+                if not completion:
+                    out.append(lps)
+                    continue
+                ids = torch.tensor([list(prompt) + list(completion)], device=self.accelerator.device)
+                logits = self.model(input_ids=ids).logits[0, len(prompt) - 1:-1] / self.temperature
+                mass = nucleus_log_mass(logits, self.top_p).tolist()
+                out.append([None if lp is None else lp + m for lp, m in zip(lps, mass, strict=True)])
+        self._metrics["train" if self.model.training else "eval"]["time/nucleus_mass_s"].append(
+            time.perf_counter() - t0)
+        return out
+
+    def _sync_vllm_weights(self) -> None:
+        """Copy the policy's weights, adapter merged, into vLLM, and put the exact base weights back.
+
+        TRL's PEFT path merges the adapter into the base weights in place and subtracts it again afterwards:
+        ``W + BA - BA`` is not ``W`` in floating point (in bf16 the frozen base drifts a little at every step).
+        Inside :func:`merged_adapter` the merge writes new tensors: TRL's merge finds the layers merged and
+        skips them, its unmerge subtracts from those new tensors, and the original ones are put back."""
+        t0 = time.perf_counter()
+        with merged_adapter(self.accelerator.unwrap_model(self.model)), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="All adapters are already merged")
+            warnings.filterwarnings("ignore", message="Already unmerged")
+            self.vllm_generation.sync_weights()
+        self._last_loaded_step = self.state.global_step
+        self._metrics["train" if self.model.training else "eval"]["time/weight_sync_s"].append(time.perf_counter() - t0)
 
     def _generate_and_score_completions(self, inputs):
         out = super()._generate_and_score_completions(inputs)
@@ -360,15 +515,23 @@ def build_grpo_trainer(cfg: GRPOConfig, model, tokenizer, rows: list[dict], rewa
                        defenses=(), completions_path: Path | None = None) -> _GRPOTrainer:
     """A ready GRPO trainer over ``rows`` ({"prompt": messages}) with ``rewards`` weighted as configured."""
     device = pick_device(cfg.device)
+    check_rollout_engine(cfg, device)
     args = TRLGRPOConfig(**_trl_args(cfg, output_dir, device, pick_dtype(cfg.dtype, device)),
                          num_generations=cfg.num_generations, beta=cfg.beta, loss_type=cfg.loss_type,
                          temperature=cfg.temperature, top_p=cfg.top_p, max_completion_length=cfg.max_completion_length,
                          reward_weights=[r.weight for r in cfg.rewards] + [1.0] * (len(rewards) - len(cfg.rewards)),
-                         shuffle_dataset=True, log_completions=False)
-    trainer = _GRPOTrainer(model=model, reward_funcs=list(rewards), args=args, train_dataset=Dataset.from_list(rows),
-                           processing_class=tokenizer)
+                         shuffle_dataset=True, log_completions=False, **vllm_trl_args(cfg))
+    try:
+        trainer = _GRPOTrainer(model=model, reward_funcs=list(rewards), args=args,
+                               train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    except OSError as e:  # TRL's client gives up on an unreachable server (requests' and the builtin ConnectionError)
+        if cfg.rollout_engine != "vllm" or cfg.vllm_mode != "server":
+            raise
+        raise SpilloverError(f"the vLLM server cannot be reached: {e}", where="vllm_server_url",
+                             fix="start it first (`trl vllm-serve --model MODEL`, on its own GPU) and set "
+                                 "vllm_server_url to its address") from e
     trainer._init_defenses(defenses)
-    trainer.merge_rollout_adapter = merge_rollouts(cfg.merge_rollout_adapter, device)
+    trainer.merge_rollout_adapter = cfg.rollout_engine == "hf" and merge_rollouts(cfg.merge_rollout_adapter, device)
     trainer.rollout_dtype = rollout_dtype(cfg.rollout_dtype, device)
     if trainer.rollout_dtype is torch.bfloat16 and torch.device(device).type == "cpu" and not cpu_has_bf16_kernels():
         log.warning("rollout_dtype: bfloat16 on a CPU without bf16 kernels (AVX512-BF16, AMX): rollouts will be "
@@ -405,6 +568,7 @@ def run_grpo(cfg: GRPOConfig, out: str | Path, *, overwrite: bool = False, grade
     ``grade`` is the async judge call ``grade(prompt, schema)`` the ``grader:*`` rewards need (e.g.
     ``OpenAIJudge(...).complete_json``); offline rewards ignore it.
     """
+    check_rollout_engine(cfg, pick_device(cfg.device))  # before anything loads
     prompts_path = resolve_data_path(cfg.prompts)
     examples = load_grpo_prompts(prompts_path, strip_qwen3=cfg.strip_qwen3_markers)
     rewards = build_rewards(cfg, grade)
@@ -434,10 +598,10 @@ def run_grpo(cfg: GRPOConfig, out: str | Path, *, overwrite: bool = False, grade
                     model_path=ref.path, data=str(prompts_path), data_file_sha256=sha256_file(prompts_path),
                     data_fingerprint=sha256_json(rows), n_prompts=len(rows),
                     rewards=[r.model_dump(mode="json") for r in cfg.rewards], judge=_judge_identity(grade),
-                    rollouts={"merged_adapter": merge_rollouts(cfg.merge_rollout_adapter, pick_device(cfg.device)),
-                              "merge_rollout_adapter": cfg.merge_rollout_adapter},
-                    rollout_dtype=str(rollout_dtype(cfg.rollout_dtype, pick_device(cfg.device))
-                                      or pick_dtype(cfg.dtype, pick_device(cfg.device))).removeprefix("torch."),
+                    rollouts=rollout_record(cfg, pick_device(cfg.device)),
+                    rollout_dtype="auto" if cfg.rollout_engine == "vllm" else str(
+                        rollout_dtype(cfg.rollout_dtype, pick_device(cfg.device))
+                        or pick_dtype(cfg.dtype, pick_device(cfg.device))).removeprefix("torch."),
                     env=environment_info(), **({"defenses": defense_records(defenses)} if defenses else {}))
     trainer = build_grpo_trainer(cfg, model, tok, rows, rewards, run_dir / ".trainer", defenses,
                                  run_dir / "completions.jsonl")
