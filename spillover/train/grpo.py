@@ -439,7 +439,7 @@ class _GRPOTrainer(DefendedTrainerMixin, GRPOTrainer):
                     out.append(lps)
                     continue
                 ids = torch.tensor([list(prompt) + list(completion)], device=self.accelerator.device)
-                logits = self.model(input_ids=ids).logits[0, len(prompt) - 1:-1] / self.temperature
+                logits = self.model(input_ids=ids, use_cache=False).logits[0, len(prompt) - 1:-1] / self.temperature
                 mass = nucleus_log_mass(logits, self.top_p).tolist()
                 out.append([None if lp is None else lp + m for lp, m in zip(lps, mass, strict=True)])
         self._metrics["train" if self.model.training else "eval"]["time/nucleus_mass_s"].append(
