@@ -255,3 +255,31 @@ def test_speed_only_training_settings_do_not_change_the_train_stage_hash():
 
     assert own() == own(merge_rollout_adapter="off") == own(merge_rollout_adapter="on")
     assert own() != own(lr=1e-3)  # a real setting still counts
+
+
+def test_status_table_reads_at_80_columns(monkeypatch, tmp_path):
+    import io
+    from datetime import datetime, timezone
+
+    from rich.console import Console
+
+    from spillover.cli import _run
+    from spillover.experiment import runner
+
+    today = datetime.now(timezone.utc).date().isoformat()
+    done = {"train": ("done", "248 s"), "sample": ("done", "117 s"), "judge": ("done", "64 s"),
+            "probe": ("done", "273 s"), "benign": ("-", ""), "summarise": ("done", "0 s")}
+    rows = [{"arm": "sft-interleave", "seed": s, **done} for s in range(3)]
+    rows.append({"arm": "sft-kl", "seed": 0, **done, "train": ("running", f"since {today}T06:47:04.123+00:00"),
+                 "sample": ("failed", "ValueError: boom (2026-01-02T03:04:05+00:00)")})
+    monkeypatch.setattr(runner, "experiment_status", lambda out: rows)
+    buf = io.StringIO()
+    _run._print_status(tmp_path, Console(file=buf, width=80, color_system=None))
+    text = buf.getvalue()
+    assert "benign" not in text  # a stage no unit has is left out
+    assert "06:47:04" in text and today not in text and ".123" not in text  # today's times: the clock only
+    flat = "".join(c for c in text if c not in " \n│")  # cells wrap inside their column
+    assert "2026-01-0203:04:05" in flat and "T03:04:05" not in flat
+    done_lines = [line for line in text.splitlines() if line.startswith("│ sft-interleave")]
+    assert len(done_lines) == 3 and "✓ 248 s" in done_lines[0]  # one line per finished unit
+    assert max(map(len, text.splitlines())) <= 80

@@ -41,7 +41,9 @@ def run_cmd(
     typer.echo(f"experiment: {out}\nreport:     spillover report {out}")
 
 
-def _print_status(out: Path) -> None:
+def _print_status(out: Path, console=None) -> None:
+    """The status table; a stage no unit has (e.g. benign without benign tasks) is left out, and times are short
+    (``since 06:17:16``, the date only when it is not today's), so the table reads at 80 columns."""
     from rich.console import Console
     from rich.table import Table
 
@@ -49,19 +51,34 @@ def _print_status(out: Path) -> None:
     from spillover.experiment.runner import experiment_status
 
     rows = experiment_status(out)
-    table = Table(title=f"{out}: arms x seeds x stages")
+    stages = [s for s in STAGES if any(r[s][0] != "-" for r in rows)]
+    table = Table(title=f"{out}: arms x seeds x stages", caption="✓ = done, with its time; - = not part of this arm")
     table.add_column("arm", no_wrap=True, min_width=max([len(r["arm"]) for r in rows] + [3]))
     table.add_column("seed")
-    for s in STAGES:
+    for s in stages:
         table.add_column(s, overflow="fold")
     for r in rows:
         cells = []
-        for s in STAGES:
+        for s in stages:
             state, detail = r[s]
-            text = f"[{STATE_STYLE.get(state, '')}]{state}[/]" + (f" {_escape(detail)}" if detail else "")
+            word = "✓" if state == "done" else state  # done is the common case: a mark and its time keep columns narrow
+            text = f"[{STATE_STYLE.get(state, '')}]{word}[/]" + (f" {_escape(_short_times(detail))}" if detail else "")
             cells.append(text)
         table.add_row(r["arm"], str(r["seed"]), *cells)
-    Console().print(table)
+    (console or Console()).print(table)
+
+
+def _short_times(text: str) -> str:
+    """ISO timestamps in a status detail as ``HH:MM:SS`` (with ``YYYY-MM-DD`` when not today, UTC)."""
+    import re
+    from datetime import datetime, timezone
+
+    today = datetime.now(timezone.utc).date().isoformat()
+
+    def short(m):
+        return m.group(2) if m.group(1) == today else f"{m.group(1)} {m.group(2)}"
+
+    return re.sub(r"(\d{4}-\d\d-\d\d)T(\d\d:\d\d:\d\d)(?:\.\d+)?(?:[+-]\d\d:\d\d|Z)?", short, text)
 
 
 def _escape(text: str) -> str:

@@ -450,7 +450,9 @@ def experiment_status(out: str | Path) -> list[dict]:
                     continue
                 states = [(n, *stage_state(read_marker(folder, n))) for n in names]
                 worst = next((s for s in ("failed", "running", "interrupted", "to do") if any(x[1] == s for x in states)), "done")
-                detail = "; ".join(f"{n.split('.', 1)[1] + ': ' if '.' in n else ''}{d}" for n, s, d in states if s == worst and d)
+                named = len(names) > 1  # several judges: each detail says whose it is
+                detail = "; ".join(f"{n.split('.', 1)[1] + ': ' if named and '.' in n else ''}{d}"
+                                   for n, s, d in states if s == worst and d)
                 row[stage] = (worst, detail)
             rows.append(row)
     return rows
