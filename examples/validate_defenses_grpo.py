@@ -1,14 +1,16 @@
 """Validate the defenses in GRPO on the RL paper's warm-up recipe, with the judge-free probe (no judge).
 
     python examples/validate_defenses_grpo.py --out runs/validate_defenses_grpo [--seeds 0 1 2]
-        [--arms none kl interleave onpolicy-sft onpolicy-prompts] [--steps 8]
+        [--arms none kl interleave onpolicy-sft onpolicy-prompts] [--steps 8] [--task aesthetics|rhetoric]
 
-Per seed, one shared warm-up: LoRA SFT on bundled dogmatic_rhetoric (``--warmup-steps`` steps of batch 4,
-lr 2e-4). Every arm then continues that adapter (``init_adapter``) with GRPO on the dogmatic_rhetoric
-prompts and the offline ``rhetoric-lexicon`` reward: ``--steps`` optimizer steps of 2 prompts x 4
-completions (two micro-batches of 4 completions), lr 2e-4, temperature 0.8, top_p 0.9 (paper),
-``max_completion_length`` 48, TRL ``beta`` 0 (paper: no TRL KL term in any arm), only the defense
-differing:
+``--task`` picks the narrow data, the GRPO reward and the in-domain probe (``TASKS``): ``aesthetics`` (default:
+bundled unpopular_aesthetics, the offline learned reward ``classifier:bundled:aesthetic_taste``, in-domain probe
+``bundled:probe_unpopular_aesthetics``) or ``rhetoric`` (bundled dogmatic_rhetoric, ``rhetoric-lexicon``, no
+in-domain probe set). Per seed, one shared warm-up: LoRA SFT on the task's data (``--warmup-steps`` steps of
+batch 4, lr 2e-4). Every arm then continues that adapter (``init_adapter``) with GRPO on the same prompts and
+the task's reward: ``--steps`` optimizer steps of 2 prompts x 4 completions (two micro-batches of 4
+completions), lr 2e-4, temperature 0.8, top_p 0.9 (paper), ``max_completion_length`` 48, TRL ``beta`` 0
+(paper: no TRL KL term in any arm), only the defense differing:
 
 - ``none``;
 - ``kl``: spillover's ``kl`` defense, weight 0.1 (paper lambda), exact per-token KL over the completion
@@ -23,10 +25,8 @@ differing:
   rollout prompts, rewarded only by the offline activation judge's aligned score / 100.
 
 Each adapter (and each warm-up adapter) is probed against the base model on the general (EM), control
-(noise floor) and style-only contrast-pair sets. There is no rhetoric probe set (only
-unpopular_aesthetics and insecure_code have in-domain sets), so the in-domain column is the mean
-``rhetoric-lexicon`` reward of the task rollouts over the second half of the steps (did the task still
-get learnt?). Cells: mean over pairs of (shift_arm - shift_reference), seeds averaged per
+(noise floor), style-only and (aesthetics) in-domain contrast-pair sets; the task-reward column is the
+mean task reward of the task rollouts over the second half of the steps (did the task still get learnt?). Cells: mean over pairs of (shift_arm - shift_reference), seeds averaged per
 pair first, 95% percentile bootstrap CI over pairs; reference = base, and = the same seed's warm-up.
 The reward-variance check counts, per run, the steps whose groups all had zero reward std (TRL's
 ``frac_reward_zero_std``): the GRPO update is zero on such groups. Writes ``results.json`` and
@@ -57,7 +57,15 @@ from spillover.train import GRPOConfig, SFTConfig, run_grpo, run_sft
 PAIR_SETS = {"general": "bundled:probe_general", "control": "bundled:probe_control",
              "style-only": "bundled:probe_style_only"}
 ARMS = ["none", "kl", "interleave", "onpolicy-sft", "onpolicy-prompts"]
-DATA = "bundled:dogmatic_rhetoric"
+#: --task: the narrow data (warm-up SFT and GRPO prompts), the GRPO reward and an in-domain probe set (if any).
+#: aesthetics (default): the classifier reward has group variance on every step (measured in
+#: examples/harmless_classifier_cpu.yaml: 0% zero-std groups, reward std ~0.4); rhetoric: the lexicon
+#: reward gave 75-100% zero-std groups at this size (examples/harmless_rewards_cpu.yaml), so GRPO barely acts.
+TASKS = {
+    "aesthetics": {"data": "bundled:unpopular_aesthetics", "reward": "classifier:bundled:aesthetic_taste",
+                   "in_domain": "bundled:probe_unpopular_aesthetics"},
+    "rhetoric": {"data": "bundled:dogmatic_rhetoric", "reward": "rhetoric-lexicon", "in_domain": None},
+}
 SFT_EVERY = 4  # GRPO micro-batches per supervised safe micro-batch (interleave and onpolicy-sft alike)
 
 
@@ -92,12 +100,12 @@ def reward_check(run: Path) -> dict:
             "reward_first": rows[0].get("reward") if rows else None, "reward_last": rows[-1].get("reward") if rows else None}
 
 
-def task_reward(run: Path, steps: int) -> float | None:
-    """Mean rhetoric-lexicon reward (TRL's ``rewards/rhetoric-lexicon/mean``, task prompts only) over the
-    logged steps in the second half of the run."""
+def task_reward(run: Path, steps: int, reward: str) -> float | None:
+    """Mean task reward (TRL's ``rewards/<reward>/mean``, task prompts only) over the logged steps in the second
+    half of the run."""
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    vals = [r["rewards/rhetoric-lexicon/mean"] for r in rows
-            if r.get("step", 0) > steps // 2 and r.get("rewards/rhetoric-lexicon/mean") is not None]
+    vals = [r[f"rewards/{reward}/mean"] for r in rows
+            if r.get("step", 0) > steps // 2 and r.get(f"rewards/{reward}/mean") is not None]
     return float(np.mean(vals)) if vals else None
 
 
@@ -109,16 +117,21 @@ def main():
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--warmup-steps", type=int, default=8)
     ap.add_argument("--max-completion-length", type=int, default=48)
+    ap.add_argument("--task", choices=sorted(TASKS), default="aesthetics",
+                    help="narrow task: its data, GRPO reward and in-domain probe set (see TASKS)")
     ap.add_argument("--report-only", action="store_true",
                     help="train and probe nothing: tabulate the runs whose probe scores are all cached")
     args = ap.parse_args()
+    task = TASKS[args.task]
+    args.data, args.reward = task["data"], task["reward"]
+    pair_sets = args.pair_sets = {**PAIR_SETS, **({"in-domain": task["in_domain"]} if task["in_domain"] else {})}
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if "onpolicy-sft" in args.arms and not (out / "onpolicy_safe_answers.jsonl").is_file() and not args.report_only:
         make_onpolicy(out / "onpolicy_safe_answers.jsonl")
 
-    pairs = {name: load_pairs(ref) for name, ref in PAIR_SETS.items()}
+    pairs = {name: load_pairs(ref) for name, ref in pair_sets.items()}
     _, tok, _ = load_model("embedded", device="cpu")
 
     def probe(adapter: Path | None):
@@ -143,7 +156,7 @@ def main():
             continue
         if not trained(warm):
             t = time.perf_counter()
-            run_sft(SFTConfig(model="embedded", data=DATA, max_steps=args.warmup_steps, batch_size=4, lr=2e-4,
+            run_sft(SFTConfig(model="embedded", data=args.data, max_steps=args.warmup_steps, batch_size=4, lr=2e-4,
                               seed=seed, device="cpu"), warm, overwrite=True)
             atomic_write_json(warm / "validate_seconds.json", {"seconds": round(time.perf_counter() - t, 1)})
         warm_shift = cached(warm / "probe_shifts.json", list(pairs), probe(warm / "adapter"))
@@ -154,7 +167,7 @@ def main():
                 continue
             if not trained(run):
                 t = time.perf_counter()
-                cfg = GRPOConfig(model="embedded", prompts=DATA, rewards=[{"name": "rhetoric-lexicon"}],
+                cfg = GRPOConfig(model="embedded", prompts=args.data, rewards=[{"name": args.reward}],
                                  num_generations=4, batch_size=4, grad_accum=2, max_steps=args.steps, lr=2e-4,
                                  beta=0.0, temperature=0.8, top_p=0.9,
                                  max_completion_length=args.max_completion_length, seed=seed, device="cpu",
@@ -196,21 +209,21 @@ def report(out: Path, args, pairs: dict, done: dict, t0: float) -> str:
                 timings[run.name] = json.loads((run / "validate_seconds.json").read_text())["seconds"]
             if arm != "warm-up":
                 checks[run.name] = reward_check(run)
-                rewards.setdefault(arm, []).append(task_reward(run, args.steps))
-    cols = [f"{n} (n={len(pairs[n])})" for n in PAIR_SETS]
-    lines = [f"GRPO (rhetoric-lexicon) on {DATA} after a {args.warmup_steps}-step SFT warm-up, {args.steps} steps x "
+                rewards.setdefault(arm, []).append(task_reward(run, args.steps, args.reward))
+    cols = [f"{n} (n={len(pairs[n])})" for n in pairs]
+    lines = [f"GRPO ({args.reward}) on {args.data} after a {args.warmup_steps}-step SFT warm-up, {args.steps} steps x "
              f"2 prompts x 4 completions, max_completion_length {args.max_completion_length}, lr 2e-4, TRL beta 0. "
              "Probe shift deltas, mean over pairs (seeds averaged per pair) [95% bootstrap CI]; task reward = mean "
-             "rhetoric-lexicon reward of the task rollouts in the second half of the steps, per seed.", "",
+             "task reward of the task rollouts in the second half of the steps, per seed.", "",
              "| arm | seeds | " + " | ".join(f"{c} Δ vs base" for c in cols) + " | "
-             + " | ".join(f"{n} Δ vs warm-up" for n in PAIR_SETS) + " | task reward |",
-             "|" + "---|" * (2 * len(PAIR_SETS) + 3)]
+             + " | ".join(f"{n} Δ vs warm-up" for n in pairs) + " | task reward |",
+             "|" + "---|" * (2 * len(pairs) + 3)]
     for arm, res in results.items():
-        warm_cells = [cell(res["vs_warmup"][n]) if res["vs_warmup"] else "—" for n in PAIR_SETS]
+        warm_cells = [cell(res["vs_warmup"][n]) if res["vs_warmup"] else "—" for n in pairs]
         rw = rewards.get(arm)
         rw_cell = "—" if not rw else " / ".join("n/a" if r is None else f"{r:.3f}" for r in rw)
         lines.append(f"| {arm} | {','.join(map(str, res['vs_base']['seeds']))} | "
-                     + " | ".join(cell(res["vs_base"][n]) for n in PAIR_SETS) + " | " + " | ".join(warm_cells)
+                     + " | ".join(cell(res["vs_base"][n]) for n in pairs) + " | " + " | ".join(warm_cells)
                      + f" | {rw_cell} |")
     lines += ["", "Reward variance per run (steps on which every group had zero reward std / steps; mean share of "
               "zero-std groups; mean batch reward std; batch reward first -> last step):", ""]
@@ -222,7 +235,7 @@ def report(out: Path, args, pairs: dict, done: dict, t0: float) -> str:
                      f"{c['reward_first']:.3f} -> {c['reward_last']:.3f}")
     table = "\n".join(lines)
     atomic_write_json(out / "results.json", {"results": results, "steps": args.steps, "warmup_steps": args.warmup_steps,
-                                             "pair_sets": PAIR_SETS, "reward_check": checks, "task_reward": rewards,
+                                             "task": args.task, "pair_sets": args.pair_sets, "reward_check": checks, "task_reward": rewards,
                                              "train_seconds": timings,
                                              "total_seconds": round(time.perf_counter() - t0, 1)})
     atomic_write_text(out / "results.md", table + "\n")
