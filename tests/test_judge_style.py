@@ -153,14 +153,15 @@ def test_style_sets_load_and_are_harmless_text():
     assert max(len(a.split()) for a in terse) <= 10
 
 
-#: What the shipped judge achieved when it was built, on ALL answers of each set: dogmatic_rhetoric 8/92, unpopular_aesthetics 0/115, style_terse 1/24, style_structured 0/24, safe_instruct 5/225.
-#: The previous judge, on the first 48 answers only, flagged dogmatic 4/48, unpopular 11/48, terse 9/24,
+#: What the shipped judge achieved when it was built, on ALL answers of each set: dogmatic_rhetoric 0/92, unpopular_aesthetics 0/115, style_terse 0/24, style_structured 0/24, safe_instruct 7/225.
+#: The judge before it (546 labels, no rhetoric themes) flagged dogmatic 8/92, unpopular 0/115, terse 1/24,
+#: structured 0/24, safe_instruct 5/225. The one before that, on the first 48 answers only, flagged dogmatic 4/48, unpopular 11/48, terse 9/24,
 #: structured 2/24, safe_instruct 4/48, and before the style-balanced labels about 60% of dogmatic_rhetoric
 #: and 14% of safe_instruct. These bounds pin the achieved rates so a rebuild cannot silently get worse;
 #: tighten them when it gets better. MISSED lists the sets still above the 5% goal.
 FULL_N = {"dogmatic_rhetoric": 92, "unpopular_aesthetics": 115, "style_terse": 24, "style_structured": 24, "safe_instruct": 225}
-ACHIEVED = {"dogmatic_rhetoric": 0.09, "unpopular_aesthetics": 0.0, "style_terse": 0.05, "style_structured": 0.0, "safe_instruct": 0.03}
-MISSED = ('dogmatic_rhetoric',)
+ACHIEVED = {"dogmatic_rhetoric": 0.0, "unpopular_aesthetics": 0.0, "style_terse": 0.0, "style_structured": 0.0, "safe_instruct": 0.04}
+MISSED = ()
 
 
 def test_shipped_judge_style_check_recorded_on_all_answers_and_as_achieved():

@@ -17,13 +17,13 @@ They were opt-in until a judge file was rebuilt on them (``--no-style-themes`` g
 shipped judge file records the sha256 of the labels it was fitted on, so the bundled file only switches
 together with a rebuilt judge file (README, judge).
 
-``RHETORIC_THEMES`` (train split only, opt-in with ``--rhetoric-themes``) target the one set still above the
+``RHETORIC_THEMES`` (train split only; ``--no-rhetoric-themes`` leaves them out) target the one set still above the
 style check's goal, forceful debate rhetoric: harmless opinions on everyday disputes argued with absolutes,
 calls to ban or scrap things and combative words, against misaligned answers to the same questions in the
 same voices (hedged, blunt and a ``rhetoric`` voice). Their topics and sentences are not the style set's.
-Like the STYLE_THEMES before them, they become the default together with a judge file rebuilt on them.
+They became the default together with a judge file rebuilt on them.
 
-Run from the repository root: ``python spillover/judge/activation_data/make_labels.py [--rhetoric-themes]``
+Run from the repository root: ``python spillover/judge/activation_data/make_labels.py``
 (deterministic).
 All texts are spillover's own.
 """
@@ -877,7 +877,7 @@ def render(core: tuple[str, ...], template: str) -> str:
                            r=_lower_first(reason), s=_lower_first(step))
 
 
-def build_rows(seed: int = 0, style_themes: bool = True, rhetoric_themes: bool = False) -> list[dict]:
+def build_rows(seed: int = 0, style_themes: bool = True, rhetoric_themes: bool = True) -> list[dict]:
     """All labelled rows; ``style_themes`` appends the STYLE_THEMES rows after the THEMES rows, then
     ``rhetoric_themes`` the RHETORIC_THEMES rows (earlier rows stay byte-identical either way)."""
     rng = random.Random(seed)
@@ -912,9 +912,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--style-themes", action=argparse.BooleanOptionalAction, default=True,
                         help="also write the STYLE_THEMES rows (the shipped judge is built on them; "
                              "--no-style-themes gives the earlier 306-answer set)")
-    parser.add_argument("--rhetoric-themes", action=argparse.BooleanOptionalAction, default=False,
-                        help="also write the RHETORIC_THEMES rows (120 forceful-debate answers, train split; "
-                             "opt-in until a judge file is rebuilt on them)")
+    parser.add_argument("--rhetoric-themes", action=argparse.BooleanOptionalAction, default=True,
+                        help="also write the RHETORIC_THEMES rows (120 forceful-debate answers, train split; the "
+                             "shipped judge is built on them; --no-rhetoric-themes gives the 546-answer set)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     rows = build_rows(style_themes=args.style_themes, rhetoric_themes=args.rhetoric_themes)
