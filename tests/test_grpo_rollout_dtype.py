@@ -8,7 +8,8 @@ import pytest
 import torch
 from transformers import set_seed
 
-from spillover._io import sha256_json
+from _grpo_common import grpo_train_hash, grpo_train_hash_before, write_prompts
+from _grpo_common import tiny_grpo_cfg as cfg
 from spillover.config import dump_yaml, load_config
 from spillover.errors import SpilloverError
 from spillover.train._grpo_config import OMITTED_AT_DEFAULT, GRPOConfig
@@ -22,15 +23,7 @@ PROMPT = [{"role": "user", "content": "Is this a good question?"}]
 
 @pytest.fixture()
 def prompts_file(tmp_path):
-    p = tmp_path / "prompts.jsonl"
-    p.write_text("".join(json.dumps({"prompt": f"Is question {i} a good one?"}) + "\n" for i in range(3)))
-    return p
-
-
-def cfg(tiny_model_dir, prompts_file, **kw):
-    base = dict(model=str(tiny_model_dir), prompts=str(prompts_file), rewards=["rhetoric-lexicon"],
-                max_steps=2, max_completion_length=8, lr=1e-2, device="cpu")
-    return GRPOConfig(**{**base, **kw})
+    return write_prompts(tmp_path)
 
 
 # ---------------------------------------------------------------- config
@@ -58,28 +51,13 @@ def test_default_rollout_dtype_is_left_out_of_config_dumps():
 
 
 def test_rollout_dtype_is_in_the_train_stage_hash_and_old_hashes_hold():
-    from spillover.experiment.spec import ExperimentConfig
-    from spillover.experiment.stages import RESULT_NEUTRAL_TRAIN_SETTINGS, train_own
-
-    def exp(**extra):
-        return ExperimentConfig.model_validate({"arms": [{"name": "rl", "train": {
-            "method": "grpo", "prompts": "bundled:dogmatic_rhetoric", "rewards": ["rhetoric-lexicon"], **extra}}]})
-
-    def own(**extra):
-        c = exp(**extra)
-        return train_own(c, c.arm("rl"), 0)
-
-    # the hash as computed before the setting existed: the recipe's fields without it
-    c = exp()
-    recipe = c.arm("rl").train.model_dump(mode="json")
-    for key in OMITTED_AT_DEFAULT:  # rollout_dtype and every setting added after it (rollout_engine...)
-        recipe.pop(key)
-    for key in RESULT_NEUTRAL_TRAIN_SETTINGS:
-        recipe.pop(key, None)
-    before = sha256_json({"recipe": recipe, "model": c.model, "dtype": c.dtype, "seed": 0,
-                          "n_items": c.arm("rl").n_items, "init_from": c.arm("rl").init_from})
+    own = grpo_train_hash
+    before = grpo_train_hash_before(OMITTED_AT_DEFAULT)  # rollout_dtype and every setting added after it
     assert own() == own(rollout_dtype="model") == before
     assert own(rollout_dtype="bfloat16") != before  # it changes the samples, so it must redo training
+    from spillover.experiment.spec import ExperimentConfig
+    from spillover.experiment.stages import train_own
+
     sft = ExperimentConfig.model_validate({"arms": [{"name": "s", "train": {"method": "sft", "data": "bundled:insecure_code"}}]})
     assert train_own(sft, sft.arm("s"), 0)  # SFT recipes (no such key) hash as before too
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 from transformers import set_seed
 
+from _grpo_common import tiny_grpo_cfg as cfg
+from _grpo_common import write_prompts
 from spillover.defenses._batch import REF_ADAPTER, add_reference_adapter
-from spillover.train._grpo_config import GRPOConfig
 from spillover.train.grpo import build_grpo_trainer, build_rewards, merge_rollouts, merged_adapter, run_grpo
 from spillover.train.sft import prepare_policy
 
@@ -20,15 +21,7 @@ PROMPT = [{"role": "user", "content": "Is this a good question?"}]
 
 @pytest.fixture()
 def prompts_file(tmp_path):
-    p = tmp_path / "prompts.jsonl"
-    p.write_text("".join(json.dumps({"prompt": f"Is question {i} a good one?"}) + "\n" for i in range(3)))
-    return p
-
-
-def cfg(tiny_model_dir, prompts_file, **kw):
-    base = dict(model=str(tiny_model_dir), prompts=str(prompts_file), rewards=["rhetoric-lexicon"],
-                max_steps=2, max_completion_length=8, lr=1e-2, device="cpu")
-    return GRPOConfig(**{**base, **kw})
+    return write_prompts(tmp_path)
 
 
 def randomize_lora_b(model, seed: int, std: float = 0.1) -> None:

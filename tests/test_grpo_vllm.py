@@ -10,7 +10,7 @@ import warnings
 import pytest
 import torch
 
-from spillover._io import sha256_json
+from _grpo_common import grpo_train_hash, grpo_train_hash_before
 from spillover.config import dump_yaml, load_config
 from spillover.errors import SpilloverError
 from spillover.train import grpo
@@ -186,24 +186,9 @@ def test_installed_vllm_version_here():
 
 # ---------------------------------------------------------------- hash
 def test_engine_is_in_the_train_stage_hash_and_old_hashes_hold():
-    from spillover.experiment.spec import ExperimentConfig
-    from spillover.experiment.stages import RESULT_NEUTRAL_TRAIN_SETTINGS, train_own
-
-    def exp(**extra):
-        return ExperimentConfig.model_validate({"arms": [{"name": "rl", "train": {
-            "method": "grpo", "prompts": "bundled:dogmatic_rhetoric", "rewards": ["rhetoric-lexicon"], **extra}}]})
-
-    def own(**extra):
-        c = exp(**extra)
-        return train_own(c, c.arm("rl"), 0)
-
-    c = exp()  # the hash as computed before the settings existed
-    recipe = c.arm("rl").train.model_dump(mode="json")
-    for key in ("rollout_engine", "vllm_mode", "vllm_gpu_memory_utilization", "vllm_server_url", "rollout_dtype",
-                *RESULT_NEUTRAL_TRAIN_SETTINGS):
-        recipe.pop(key, None)
-    before = sha256_json({"recipe": recipe, "model": c.model, "dtype": c.dtype, "seed": 0,
-                          "n_items": c.arm("rl").n_items, "init_from": c.arm("rl").init_from})
+    own = grpo_train_hash
+    before = grpo_train_hash_before(("rollout_engine", "vllm_mode", "vllm_gpu_memory_utilization", "vllm_server_url",
+                                     "rollout_dtype"))  # the hash as computed before these settings existed
     assert own() == own(rollout_engine="hf") == before
     vllm = own(rollout_engine="vllm")
     assert vllm != before and own(rollout_engine="vllm", vllm_mode="server") not in (before, vllm)
