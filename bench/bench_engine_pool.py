@@ -23,26 +23,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_engines import random_adapter  # noqa: E402  (the same random LoRA as the engine benchmark)
 
 from spillover.experiment.executors import LocalExecutor
 from spillover.experiment.results import load_experiment, read_marker, unit_dir
 from spillover.experiment.runner import Unit, prepare
 from spillover.experiment.spec import ExperimentConfig
 from spillover.experiment.stages import run_base_probe, run_unit
-from spillover.models import LoraSpec, apply_lora, load_model, save_adapter
-
-
-def random_adapter(out: Path, seed: int = 0) -> Path:
-    """A rank-8 LoRA on the embedded model with random non-zero B (so it moves the distribution)."""
-    model, _, _ = load_model("embedded", device="cpu", dtype="float32")
-    peft = apply_lora(model, LoraSpec(r=8, alpha=16))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in peft.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
-    return save_adapter(peft, out, base_model="embedded")
 
 
 def config(args, adapter: Path, prefetch: bool | None) -> ExperimentConfig:
