@@ -34,6 +34,12 @@ def test_user_error_exits_2_without_traceback(tmp_path):
     assert not (tmp_path / "o").exists()  # nothing half-written
 
 
+def test_python_dash_m_spillover_is_the_cli():
+    proc = subprocess.run([sys.executable, "-m", "spillover", "defenses", "list"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "ldifs" in proc.stdout and "inoculate" in proc.stdout
+
+
 def test_main_maps_spillover_error_to_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["data", "validate", str(tmp_path / "missing.jsonl")])

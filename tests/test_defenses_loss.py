@@ -118,6 +118,52 @@ def test_kl_matches_a_hand_computation():
     assert float(token_kl(p, q)) == pytest.approx(float((pp * (pp / qq).log()).sum()), rel=1e-6)
 
 
+def test_kl_stored_gradient_equals_autograd_through_the_softmax():
+    from spillover.defenses.kl import _checkpointed_kl, _KLWithStoredGradient, chunked_kl
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 50, bias=True)
+    for p in head.parameters():
+        p.requires_grad_(False)
+    hp0, hr = torch.randn(13, 8), torch.randn(13, 8)
+    weights = torch.rand(13)  # a non-uniform upstream gradient per token
+
+    def value_and_grad(fn):
+        hp = hp0.clone().requires_grad_(True)
+        v = fn(hp)
+        (v * weights).sum().backward()
+        return v.detach(), hp.grad
+
+    exact_v, exact_g = value_and_grad(lambda hp: token_kl(head(hp), head(hr)))
+    orig = _KLWithStoredGradient.apply
+    fast_v, fast_g = value_and_grad(lambda hp: chunked_kl(hp, hr, head, head, chunk=5))
+    assert torch.allclose(fast_v, exact_v, atol=1e-6) and torch.allclose(fast_g, exact_g, atol=1e-6)
+    assert float(exact_g.abs().max()) > 1e-3
+    # a trained head takes the checkpointed path, which also gives the head's own gradient
+    head.weight.requires_grad_(True)
+    _KLWithStoredGradient.apply = staticmethod(lambda *a: pytest.fail("stored-gradient path used with a trained head"))
+    try:
+        hp = hp0.clone().requires_grad_(True)
+        chunked_kl(hp, hr, head, head, chunk=5).sum().backward()
+    finally:
+        _KLWithStoredGradient.apply = orig
+    assert head.weight.grad is not None and float(head.weight.grad.abs().max()) > 0
+    slow_v = _checkpointed_kl(hp0, hr, head, head, 5)
+    assert torch.allclose(slow_v, exact_v, atol=1e-6)
+
+
+def test_kl_gradient_is_exactly_zero_where_the_policy_is_the_reference():
+    """Autograd through two log-softmaxes leaves rounding noise at p = q, and Adam turns any non-zero gradient
+    into a full-size step: a KL-defended run on a zero-variance reward used to move its adapter off the base."""
+    from spillover.defenses.kl import chunked_kl
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 300, bias=False).requires_grad_(False)
+    hp = (torch.randn(20, 16) * 4).requires_grad_(True)
+    chunked_kl(hp, hp.detach(), head, head, chunk=8).sum().backward()
+    assert torch.count_nonzero(hp.grad) == 0
+
+
 def test_selective_kl_acts_on_safe_rows_only(peft_model):
     (kl,) = defenses({"name": "kl", "only_safe": True})
     nudge_lora(peft_model)

@@ -44,8 +44,10 @@ def test_kl_is_invariant_to_gradient_accumulation(tiny_model_dir, data_file, tmp
     b = run_sft(sft(tiny_model_dir, data_file, batch_size=2, grad_accum=2, defenses=kl), tmp_path / "b")
     plain = run_sft(sft(tiny_model_dir, data_file), tmp_path / "plain")
     wa, wb, wp = adapter(a), adapter(b), adapter(plain)
-    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
-    assert not all(torch.allclose(wa[k], wp[k], atol=1e-5) for k in wa)  # the KL term did act
+    # float32 summation order differs between 4 x 1 and 2 x 2 and Adam amplifies it to ~1e-5; a KL term not
+    # divided by the window moves the adapter by ~2e-2, and the KL term itself by ~3e-2 (measured)
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-4) for k in wa)
+    assert not all(torch.allclose(wa[k], wp[k], atol=1e-3) for k in wa)  # the KL term did act
     steps = [r for r in metrics(a) if "loss" in r]
     assert steps[0]["defense/kl/loss"] == pytest.approx(0.0, abs=1e-6) and steps[1]["defense/kl/loss"] > 0
     manifest = json.loads((a.run_dir / "manifest.json").read_text())

@@ -150,10 +150,19 @@ def test_training_step_is_bit_identical_to_model_dtype_rollouts_given_the_same_c
         return out
 
     monkeypatch.setattr(_GRPOTrainer, "_generate_single_turn", generate)
+    # start from a trained adapter (the warm-up recipe), so the KL term and its gradient are non-zero from step 1:
+    # the tiny model's rewards have no variance, and at the base itself the KL gradient is exactly zero
+    from spillover.train import SFTConfig, run_sft
+
+    sft_data = tmp_path / "sft.jsonl"
+    sft_data.write_text(json.dumps({"prompt": "Hi?", "completion": "Always yes."}) + "\n")
+    warm = run_sft(SFTConfig(model=str(tiny_model_dir), data=str(sft_data), max_steps=1, batch_size=1, lr=1e-2,
+                             device="cpu"), tmp_path / "warm")
     runs = {}
     for setting in ("bfloat16", "model"):
         replay[:] = list(recorded)
-        c = cfg(tiny_model_dir, prompts_file, rollout_dtype=setting, defenses=[{"name": "kl", "weight": 1.0}])
+        c = cfg(tiny_model_dir, prompts_file, rollout_dtype=setting, defenses=[{"name": "kl", "weight": 1.0}],
+                init_adapter=str(warm.adapter_dir))
         runs[setting] = run_grpo(c, tmp_path / setting).run_dir
     assert len(recorded) == 2 and not replay
     assert weight_dtypes == {"bfloat16": {torch.bfloat16}, "model": {torch.float32}}
@@ -161,7 +170,7 @@ def test_training_step_is_bit_identical_to_model_dtype_rollouts_given_the_same_c
     rows = {s: [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()] for s, d in runs.items()}
     steps = {s: [r for r in rs if "loss" in r] for s, rs in rows.items()}
     assert len(steps["bfloat16"]) == len(steps["model"]) == 2
-    assert steps["bfloat16"][1]["defense/kl/loss"] > 0  # the second step starts from a trained adapter
+    assert steps["bfloat16"][0]["defense/kl/loss"] > 0  # the policy starts at the warm-up adapter, not the base
     for a, b in zip(steps["bfloat16"], steps["model"], strict=True):
         for key in ("loss", "grad_norm", "defense/kl/loss", "reward", "completions/mean_length"):
             assert a[key] == b[key], key

