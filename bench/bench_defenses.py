@@ -115,11 +115,12 @@ def main():
     base_m = statistics.median(x["peak_rss_mb"] for x in results["plain"])
     print(f"embedded model, SFT batch 4 on bundled:unpopular_aesthetics, {args.steps} steps x {args.rounds} rounds, "
           f"torch threads {args.threads}; load average before {load_before:.2f}, after {os.getloadavg()[0]:.2f}")
-    print(f"{'arm':10} {'step s':>8} {'x plain':>8} {'peak RSS MB':>12} {'x plain':>8}   per-round step s")
+    print(f"{'arm':10} {'step s':>8} {'x plain':>8} {'peak RSS MB':>12} {'x plain':>8}   per-round step s / RSS MB")
     for arm in arms:
         t = statistics.median(x["step_s"] for x in results[arm])
         m = statistics.median(x["peak_rss_mb"] for x in results[arm])
-        rounds = " ".join(f"{x['step_s']:.2f}" for x in results[arm])
+        rounds = " ".join(f"{x['step_s']:.2f}" for x in results[arm]) + " / " + " ".join(
+            f"{x['peak_rss_mb']:.0f}" for x in results[arm])
         print(f"{arm:10} {t:8.2f} {t / base_t:8.2f} {m:12.0f} {m / base_m:8.2f}   {rounds}")
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from _procs import alive, worker_pids
 from spillover.engines import EngineProcess, live_engines
 from spillover.evaluate.sampling import SampleRow, SamplingParams
 from spillover.judge._spec import EvalJudge, JudgeScore, Judgment
@@ -72,27 +73,9 @@ def adapter_dir(tmp_path_factory, tiny_model_dir):
     return save_adapter(peft, tmp_path_factory.mktemp("adapter") / "adapter", base_model=str(tiny_model_dir))
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-
-
 def _fake_workers(owner: int) -> list[int]:
     """Live fake workers whose --owner is ``owner``."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if any(a.endswith(b"_fake_vllm_worker.py") for a in argv) and b"--owner" in argv \
-                and argv[argv.index(b"--owner") + 1] == str(owner).encode() and _alive(int(proc.name)):
-            found.append(int(proc.name))
-    return found
+    return worker_pids("_fake_vllm_worker.py", owner)
 
 
 def _no_workers_left(owner: int, within: float = 10.0) -> bool:
@@ -126,7 +109,7 @@ def test_one_engine_per_model_reused_and_replaced(launcher, tiny_model_dir, adap
         assert len(launcher.lines("launch")) == 2
         base_pid = again.engine.pid
         pool.close_except({pool.key(model, None, batch_size=8)})
-        assert not _alive(base_pid) and wider.engine.alive() and len(pool.engines) == 1
+        assert not alive(base_pid) and wider.engine.alive() and len(pool.engines) == 1
 
         merged = pool.sampler(None, str(adapter_dir), batch_size=4)  # the adapter's recorded base
         merged_dir = merged._tmp
@@ -166,7 +149,7 @@ def test_a_sampler_of_its_own_stops_its_engine(launcher, tiny_model_dir, adapter
         pid, merged_dir = sampler.engine.pid, sampler._tmp
         assert sampler.engine_start == {"how": "started"} and merged_dir.is_dir()
         assert len(sampler.generate_rows(ROWS, PARAMS)) == 4
-    assert not _alive(pid) and not merged_dir.exists() and not live_engines()
+    assert not alive(pid) and not merged_dir.exists() and not live_engines()
 
 
 def test_prefetch_starts_the_engine_before_it_is_needed(tmp_path, monkeypatch, tiny_model_dir):
@@ -388,16 +371,7 @@ def test_prefetch_is_speed_only_and_hf_hashes_stay_as_they_were(tmp_path, tiny_m
 
 # ---------------------------------------------------------------- the real engine
 def _vllm_workers(owner: int) -> list[int]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0") if proc.name.isdigit() else []
-        except OSError:
-            continue
-        if any(a.endswith(b"_vllm_worker.py") for a in argv) and b"--owner" in argv \
-                and argv[argv.index(b"--owner") + 1] == str(owner).encode() and _alive(int(proc.name)):
-            found.append(int(proc.name))
-    return found
+    return worker_pids("_vllm_worker.py", owner)
 
 
 @pytest.mark.slow

@@ -12,10 +12,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
+
+from _procs import worker_pids
 
 pytestmark = pytest.mark.slow
 
@@ -44,19 +45,7 @@ def _convs(n=len(QUESTIONS)):
 
 def _workers(owner: int | None = None) -> list[int]:
     """Live vLLM worker processes (of ``owner`` when given)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-            state = (proc / "status").read_text()
-        except OSError:
-            continue
-        if any(a.endswith(b"_vllm_worker.py") for a in argv) and "\nState:\tZ" not in state:
-            if owner is None or str(owner).encode() in argv[argv.index(b"--owner") + 1:][:1]:
-                found.append(int(proc.name))
-    return found
+    return worker_pids("_vllm_worker.py", owner)
 
 
 @pytest.fixture(scope="module")
