@@ -2,6 +2,7 @@
 and a merged adapter, with engine start reported separately.
 
     python bench/bench_engines.py [--prompts 64] [--max-new-tokens 48] [--batches 16 32 64] [--adapter-batch 32]
+        [--dtypes float32 bfloat16]
 
 The prompts are bench_hf_generation's mixed-length set (bundled prompts, every third one long). Per batch
 size, on the same prompts and settings (temperature 1, seed 0): ``hf fp32`` is plain ``model.generate``
@@ -70,6 +71,9 @@ def main():
     ap.add_argument("--batches", type=int, nargs="+", default=[16, 32, 64])
     ap.add_argument("--adapter-batch", type=int, default=32, help="batch size of the adapter rows (0: skip them)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
+    ap.add_argument("--dtypes", nargs="+", choices=["float32", "bfloat16"], default=["float32", "bfloat16"],
+                    help="engine dtypes to run (bfloat16 is only worth timing on a CPU with bf16 kernels: "
+                    "AVX512-BF16 or AMX)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     convs = mixed_prompts(args.prompts)
@@ -90,7 +94,7 @@ def main():
         results[("spillover hf fp32", batch)] = sum(c.n_tokens for c in comps) / s
 
     checks = {}
-    for dtype in ("float32", "bfloat16"):
+    for dtype in args.dtypes:
         engine, start = timed(lambda: VLLMSampler("embedded", dtype=dtype, batch_size=max(args.batches)))
         with engine:
             print(f"vllm {dtype} engine start (process, import, model load): {start:.1f} s "
@@ -105,6 +109,8 @@ def main():
         base = results[("hf fp32", batch)]
         print(f"\nbatch {batch}")
         for name in ("hf fp32", "spillover hf fp32", "vllm fp32", "vllm bf16"):
+            if (name, batch) not in results:
+                continue
             rate = results[(name, batch)]
             print(f"  {name:20} {rate:7.1f} new tok/s  {rate / base:5.2f}x")
 
