@@ -197,12 +197,27 @@ def report(out: Path, args, pairs: dict, done: dict, t0: float) -> str:
                          "per_seed": [float(np.mean(d)) for d in stacked]}
         return res
 
+    def versus_none(arm):
+        """The arm minus the undefended run of the same seed, per pair (seeds averaged per pair first)."""
+        if arm in ("none", "warm-up") or "none" not in done:
+            return None
+        seeds = sorted(s for s in done[arm] if s in done["none"] and "base" in done[arm][s] and "base" in done["none"][s])
+        if not seeds:
+            return None
+        res = {"seeds": seeds}
+        for name in pairs:
+            diff = np.mean([np.asarray(done[arm][s]["base"][name]) - np.asarray(done["none"][s]["base"][name])
+                            for s in seeds], axis=0)
+            est = bootstrap_mean_ci(diff, seed=0)
+            res[name] = {"delta": est.value, "ci95": [est.ci_low, est.ci_high], "n_pairs": est.n}
+        return res
+
     def cell(r):
         return f"{r['delta']:+.3f} [{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}]"
 
     results, checks, rewards, timings = {}, {}, {}, {}
     for arm in done:
-        results[arm] = {"vs_base": summarise(arm, "base"), "vs_warmup": summarise(arm, "warm")}
+        results[arm] = {"vs_base": summarise(arm, "base"), "vs_warmup": summarise(arm, "warm"), "vs_none": versus_none(arm)}
         for seed, d in sorted(done[arm].items()):
             run = d["run"]
             if (run / "validate_seconds.json").is_file():
@@ -211,15 +226,19 @@ def report(out: Path, args, pairs: dict, done: dict, t0: float) -> str:
                 checks[run.name] = reward_check(run)
                 rewards.setdefault(arm, []).append(task_reward(run, args.steps, args.reward))
     cols = [f"{n} (n={len(pairs[n])})" for n in pairs]
+    none_cols = [n for n in ("general", "in-domain") if n in pairs]
     lines = [f"GRPO ({args.reward}) on {args.data} after a {args.warmup_steps}-step SFT warm-up, {args.steps} steps x "
              f"2 prompts x 4 completions, max_completion_length {args.max_completion_length}, lr 2e-4, TRL beta 0. "
              "Probe shift deltas, mean over pairs (seeds averaged per pair) [95% bootstrap CI]; task reward = mean "
-             "task reward of the task rollouts in the second half of the steps, per seed.", "",
+             "task reward of the task rollouts in the second half of the steps, per seed; 'vs none': minus the "
+             "undefended run of the same seed, paired per pair.", "",
              "| arm | seeds | " + " | ".join(f"{c} Δ vs base" for c in cols) + " | "
-             + " | ".join(f"{n} Δ vs warm-up" for n in pairs) + " | task reward |",
-             "|" + "---|" * (2 * len(pairs) + 3)]
+             + " | ".join(f"{n} Δ vs warm-up" for n in pairs) + " | "
+             + " | ".join(f"{n} Δ vs none" for n in none_cols) + " | task reward |",
+             "|" + "---|" * (2 * len(pairs) + len(none_cols) + 3)]
     for arm, res in results.items():
         warm_cells = [cell(res["vs_warmup"][n]) if res["vs_warmup"] else "—" for n in pairs]
+        warm_cells += [cell(res["vs_none"][n]) if res["vs_none"] else "—" for n in none_cols]
         rw = rewards.get(arm)
         rw_cell = "—" if not rw else " / ".join("n/a" if r is None else f"{r:.3f}" for r in rw)
         lines.append(f"| {arm} | {','.join(map(str, res['vs_base']['seeds']))} | "
