@@ -25,6 +25,13 @@ load average 4-5, so a step took 40-87 s instead of about 2 s and the step-time 
 steer 1.82x, ldifs-keepall 2.20x vs ldifs 1.57x for the same arithmetic): peak RSS plain 2627 MB,
 kl 1.15x, ldifs 1.01x, ldifs-keepall 1.07x, steer 0.99x. Per micro-batch (embedded model, batch 4,
 T = 109) the reference pass added 52-65 MB of RSS keeping everything and 21-29 MB keeping K + 1.
+
+After KL's gradient moved into its forward pass (one policy head forward and one head backward per chunk
+instead of a checkpointed recompute: the KL term alone 1.8x faster), on an idle machine, ``--steps 6
+--rounds 2 --threads 2 --arms plain,kl,ldifs,kl+ldifs,steer``: plain 3.71 s/step, 2551 MB; kl 1.40x step /
+1.07x RSS (1.73x / 1.07x just before the change, same command, same idle machine); ldifs 1.19x / 1.10x;
+kl+ldifs 1.51x / 1.10x; steer 0.96x / 1.01x. Peak RSS varies by up to +-10% between runs of one arm
+(ldifs over five runs in two sessions: 2412-2928 MB), so the RSS ratios are good to about 0.1.
 """
 
 from __future__ import annotations
