@@ -2,7 +2,7 @@
 and a merged adapter, with engine start reported separately.
 
     python bench/bench_engines.py [--prompts 64] [--max-new-tokens 48] [--batches 16 32 64] [--adapter-batch 32]
-        [--dtypes float32 bfloat16]
+        [--dtypes float32 bfloat16] [--compiled]
 
 The prompts are bench_hf_generation's mixed-length set (bundled prompts, every third one long). Per batch
 size, on the same prompts and settings (temperature 1, seed 0): ``hf fp32`` is plain ``model.generate``
@@ -74,6 +74,8 @@ def main():
     ap.add_argument("--dtypes", nargs="+", choices=["float32", "bfloat16"], default=["float32", "bfloat16"],
                     help="engine dtypes to run (bfloat16 is only worth timing on a CPU with bf16 kernels: "
                     "AVX512-BF16 or AMX)")
+    ap.add_argument("--compiled", action="store_true", help="also time each dtype's engine with compiled graphs "
+                    "(torch.compile; CUDA graphs on GPUs): its start is printed on its own line")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     convs = mixed_prompts(args.prompts)
@@ -94,23 +96,26 @@ def main():
         results[("spillover hf fp32", batch)] = sum(c.n_tokens for c in comps) / s
 
     checks = {}
+    names = []
     for dtype in args.dtypes:
-        engine, start = timed(lambda: VLLMSampler("embedded", dtype=dtype, batch_size=max(args.batches)))
-        with engine:
-            print(f"vllm {dtype} engine start (process, import, model load): {start:.1f} s "
-                  f"(engine reports {engine.info.get('start_seconds')} s inside the worker)")
-            engine_rows(engine, convs[:4], 4, SamplingParams(max_new_tokens=4))  # warm-up
-            for batch in args.batches:
-                new, s = timed(lambda: engine_rows(engine, convs, batch, params))
-                results[(f"vllm {'fp32' if dtype == 'float32' else 'bf16'}", batch)] = new / s
-            checks[f"vllm {dtype} vs hf fp32"] = engine_logprob_check(engine, fp32, convs[:8], params)
+        for compiled in (False, True) if args.compiled else (False,):
+            name = f"vllm {'fp32' if dtype == 'float32' else 'bf16'}{' compiled' if compiled else ''}"
+            names.append(name)
+            engine, start = timed(lambda: VLLMSampler("embedded", dtype=dtype, batch_size=max(args.batches),
+                                                      compiled=compiled))
+            with engine:
+                print(f"{name} engine start (process, import, model load{', compile' if compiled else ''}): {start:.1f} s "
+                      f"(engine reports {engine.info.get('start_seconds')} s inside the worker)")
+                engine_rows(engine, convs[:4], 4, SamplingParams(max_new_tokens=4))  # warm-up
+                for batch in args.batches:
+                    new, s = timed(lambda: engine_rows(engine, convs, batch, params))
+                    results[(name, batch)] = new / s
+                checks[f"{name} vs hf fp32"] = engine_logprob_check(engine, fp32, convs[:8], params)
 
     for batch in args.batches:
         base = results[("hf fp32", batch)]
         print(f"\nbatch {batch}")
-        for name in ("hf fp32", "spillover hf fp32", "vllm fp32", "vllm bf16"):
-            if (name, batch) not in results:
-                continue
+        for name in ("hf fp32", "spillover hf fp32", *names):
             rate = results[(name, batch)]
             print(f"  {name:20} {rate:7.1f} new tok/s  {rate / base:5.2f}x")
 

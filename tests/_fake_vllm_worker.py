@@ -29,6 +29,7 @@ def main() -> None:
     ap.add_argument("--events", required=True)
     ap.add_argument("--ready-delay", type=float, default=0.0)
     ap.add_argument("--generate-delay", type=float, default=0.0)
+    ap.add_argument("--compile", action="store_true")
     args = ap.parse_args()
     out = open_channel(args.owner)
     weights = sorted(Path(args.model).glob("*.safetensors"))
@@ -58,7 +59,7 @@ def main() -> None:
 
     event("ready")
     serve(out, {"generate": generate, "reset": reset},
-          {"engine": "vllm", "version": "fake", "dtype": args.dtype, "device": "cpu", "enforce_eager": True,
+          {"engine": "vllm", "version": "fake", "dtype": args.dtype, "device": "cpu", "enforce_eager": not args.compile,
            "pid": os.getpid()})
 
 

@@ -40,6 +40,17 @@ def test_python_dash_m_spillover_is_the_cli():
     assert "ldifs" in proc.stdout and "inoculate" in proc.stdout
 
 
+def test_engine_compiled_is_refused_without_the_vllm_engine(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Hi"}) + "\n")
+    for cmd in (["sample", "--prompts", str(prompts), "--out", str(tmp_path / "s.jsonl"), "--engine-compiled"],
+                ["eval", "--out", str(tmp_path / "e"), "--engine-eager"]):
+        proc = subprocess.run([sys.executable, "-m", "spillover", *cmd], capture_output=True, text=True)
+        assert proc.returncode == 2, proc.stderr
+        assert "setting of the vllm engine" in proc.stderr and "add --engine vllm" in proc.stderr
+    assert not (tmp_path / "s.jsonl").exists() and not (tmp_path / "e").exists()
+
+
 def test_main_maps_spillover_error_to_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["data", "validate", str(tmp_path / "missing.jsonl")])

@@ -34,10 +34,10 @@ class FakeLauncher:
         self.events = root / "events.log"
         self.ready_delay, self.generate_delay, self.fail_first = ready_delay, generate_delay, fail_first
 
-    def __call__(self, folder, *, dtype, max_num_seqs, max_model_len):
+    def __call__(self, folder, *, dtype, max_num_seqs, max_model_len, compiled=False):
         argv = [sys.executable, str(WORKER), "--model", str(folder), "--dtype", dtype, "--max-num-seqs", str(max_num_seqs),
                 "--owner", str(os.getpid()), "--events", str(self.events), "--ready-delay", str(self.ready_delay),
-                "--generate-delay", str(self.generate_delay)]
+                "--generate-delay", str(self.generate_delay)] + (["--compile"] if compiled else [])
         if self.fail_first:
             self.fail_first = False
             argv[1:2] = ["-c", "import sys; sys.exit(3)"]
@@ -121,6 +121,24 @@ def test_one_engine_per_model_reused_and_replaced(launcher, tiny_model_dir, adap
 
     with EnginePool() as fresh:  # a fresh engine on the same model gives the same answers
         assert [c.text for c in fresh.sampler(model, batch_size=4).generate_rows(ROWS, PARAMS)] == answers
+    assert _no_workers_left(os.getpid())
+
+
+def test_compiled_engines_are_other_engines_and_cuda_builds_compile_by_default(launcher, tiny_model_dir):
+    from spillover.evaluate.engine import EnginePool, engine_compiled
+
+    assert (engine_compiled(None, "cuda"), engine_compiled(None, "cpu")) == (True, False)
+    assert (engine_compiled(False, "cuda"), engine_compiled(True, "cpu")) == (False, True)
+    model = str(tiny_model_dir)
+    with EnginePool() as pool:
+        eager = pool.sampler(model, batch_size=4)  # CPU build, default: eager
+        assert eager.identity()["enforce_eager"] is True and pool.key(model, None, batch_size=4).compiled is False
+        assert pool.key(model, None, batch_size=4, compiled=False) == pool.key(model, None, batch_size=4)
+        compiled = pool.sampler(model, batch_size=4, compiled=True)
+        assert compiled.identity()["enforce_eager"] is False and len(launcher.lines("launch")) == 2
+        assert pool.sampler(model, batch_size=4, compiled=True).engine_start["how"] == "reused"
+        launcher.device = "cuda"  # a CUDA build compiles unless told otherwise
+        assert pool.key(model, None, batch_size=4).compiled is True
     assert _no_workers_left(os.getpid())
 
 
@@ -367,6 +385,12 @@ def test_prefetch_is_speed_only_and_hf_hashes_stay_as_they_were(tmp_path, tiny_m
     assert sample_own(vllm[0], vllm[0].arm("base"), 0) != sample_own(hf, hf.arm("base"), 0)
     assert "prefetch_engine" not in hf.evaluation.sampling.model_dump()
     assert vllm[1].evaluation.sampling.model_dump()["prefetch_engine"] is True  # kept in the saved config
+    # engine_compiled: unset leaves every hash as it was; set, compiled kernels may round otherwise, so it counts
+    compiled = [cfg(engine="vllm", engine_compiled=c) for c in (None, True, False)]
+    assert sample_own(compiled[0], compiled[0].arm("base"), 0) == sample_own(vllm[0], vllm[0].arm("base"), 0)
+    assert len({sample_own(c, c.arm("base"), 0) for c in compiled}) == 3
+    assert benign_own(compiled[0], 0) == benign_own(vllm[0], 0) and len({benign_own(c, 0) for c in compiled}) == 3
+    assert "engine_compiled" not in hf.evaluation.sampling.model_dump()
 
 
 # ---------------------------------------------------------------- the real engine
@@ -444,6 +468,7 @@ def test_eval_arms_share_an_engine_per_model_and_the_next_starts_before_judging(
     rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     by_arm = {a.name: [r["answer"] for r in rows if r["arm"] == a.name] for a in arms}
     assert by_arm["base"] == by_arm["base-again"] and len(by_arm["tuned"]) == 2  # same seeds, same engine answers
+    assert {r["sampler"]["enforce_eager"] for r in rows} == {False}  # a CUDA build compiles by default, and says so
     assert _no_workers_left(os.getpid())
     run_evaluation(arms, settings, TimedJudge(), tmp_path / "eval")  # resumed: nothing left to sample
     assert len(fake.lines("launch")) == 2 and _no_workers_left(os.getpid())

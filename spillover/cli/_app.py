@@ -228,6 +228,18 @@ def compare_cmd(
 
 
 # ---------------------------------------------------------------- sample
+_COMPILED_HELP = ("With --engine vllm: compiled graphs (torch.compile, CUDA graphs) or eager mode. Default: compiled "
+                  "on a CUDA engine build, eager on the CPU build (compiling there takes minutes to start for about "
+                  "10% more throughput). Recorded with every answer.")
+def _engine_compiled_needs_vllm(engine_compiled: bool | None, engine: str) -> None:
+    if engine_compiled is not None and engine != "vllm":
+        from spillover.errors import SpilloverError
+
+        flag = "--engine-compiled" if engine_compiled else "--engine-eager"
+        raise SpilloverError(f"{flag} is a setting of the vllm engine, not of --engine {engine}",
+                             fix=f"add --engine vllm, or drop {flag}")
+
+
 _ENGINE_HELP = ("hf: transformers generate in this process | vllm: a vLLM engine process (adapters merged first; "
                 "`spillover engines install vllm` once); faster from about a hundred answers on, see README 'Fast sampling'.")
 
@@ -249,6 +261,7 @@ def sample(
     dtype: Optional[str] = typer.Option(None, help="auto | float32 | bfloat16 | float16 (bfloat16 is faster on GPUs and CPUs with bf16 kernels, slower on AVX2-only CPUs; see --check-dtype)"),
     check_dtype: bool = typer.Option(False, "--check-dtype", help="First print how far --dtype moves per-token log-probs of answers to the first 8 prompts from float32 (mean/max abs difference)."),
     engine: str = typer.Option("hf", help=_ENGINE_HELP),
+    engine_compiled: Optional[bool] = typer.Option(None, "--engine-compiled/--engine-eager", help=_COMPILED_HELP),
     check_engine: bool = typer.Option(False, "--check-engine", help="With --engine vllm: first compare the engine's per-token log-probs of its answers to the first 8 prompts with HF float32 (+ PEFT adapter), teacher-forced; fails above 1e-3 mean abs difference when the engine runs float32, reports otherwise."),
 ) -> None:
     """Sample N answers per prompt from a base model or base + adapter (rerun the same command to resume)."""
@@ -261,13 +274,14 @@ def sample(
     require_prompts(examples)
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
                             system_prompt=system)
+    _engine_compiled_needs_vllm(engine_compiled, engine)
     if check_engine and engine != "vllm" or check_dtype and engine != "hf":
         from spillover.errors import SpilloverError
 
         raise SpilloverError("--check-engine needs --engine vllm" if check_engine else "--check-dtype is for --engine hf",
                              fix="with --engine vllm, --check-engine compares its log-probs (any --dtype) with HF float32")
     sampler = load_sampler(model, str(adapter) if adapter else None, device=device, dtype=dtype, batch_size=batch_size,
-                           engine=engine)
+                           engine=engine, engine_compiled=engine_compiled)
     try:
         if check_dtype:
             from spillover.evaluate.sampling import dtype_logprob_check
@@ -364,6 +378,7 @@ def eval_cmd(
     batch_size: int = typer.Option(32, min=1, help="Sequences generated together."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda"),
     engine: str = typer.Option("hf", help=_ENGINE_HELP),
+    engine_compiled: Optional[bool] = typer.Option(None, "--engine-compiled/--engine-eager", help=_COMPILED_HELP),
     dtype: Optional[str] = typer.Option(None, help="Sampling dtype: auto | float32 | bfloat16 | float16 (auto: float32 on CPU)."),
     benign: list[str] = typer.Option([], "--benign", help="Score a benign task's held-out items instead of EM questions "
                                      "(repeatable): opswap:tier=1:n=128, countdown, choice[:items=FILE], foqa:FILE. "
@@ -380,6 +395,7 @@ def eval_cmd(
                             temperature=0.0 if temperature is None else temperature, seed=seed, batch_size=batch_size,
                             device=device)
     temperature = 1.0 if temperature is None else temperature
+    _engine_compiled_needs_vllm(engine_compiled, engine)
     check_before_work(out_dir=out, questions=[questions, in_domain], data=probe_pairs, adapter=adapter, model=model,
                       judge=judge, judge_base_url=judge_base_url, judge_api_key_env=judge_api_key_env)
     from spillover.evaluate.run import Arm, EvalSettings, run_evaluation
@@ -388,7 +404,8 @@ def eval_cmd(
 
     settings = EvalSettings(questions=questions, in_domain=in_domain, samples_per_paraphrase=n,
                             max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, batch_size=batch_size,
-                            probe_pairs=list(probe_pairs), probe_base=base, device=device, engine=engine, dtype=dtype)
+                            probe_pairs=list(probe_pairs), probe_base=base, device=device, engine=engine, dtype=dtype,
+                            engine_compiled=engine_compiled)
     the_judge = build_judge(judge, base_url=judge_base_url, api_key_env=judge_api_key_env,
                             cache_dir=str(out / "judge_cache"), device=device)
     arm = Arm("adapter" if adapter else "model", model, str(adapter) if adapter else None)

@@ -72,7 +72,7 @@ def engine_dtype(dtype: str | None, device: str) -> str:
 @dataclass(frozen=True)
 class EngineKey:
     """What makes two engines interchangeable: the merged model (base folder, adapter folder and a hash of
-    its files), the dtype and the batch settings the worker was started with."""
+    its files), the dtype, the batch settings and the compilation mode the worker was started with."""
 
     model: str
     adapter: str | None
@@ -80,6 +80,7 @@ class EngineKey:
     dtype: str
     max_num_seqs: int
     max_model_len: int | None
+    compiled: bool = False
 
 
 _ADAPTER_HASHES: dict[tuple, str] = {}
@@ -112,10 +113,20 @@ class VLLMLauncher:
         self.device = record.get("device", "cpu")
         self.work_dir = engine_dir("vllm") / "merged"
 
-    def __call__(self, folder: str, *, dtype: str, max_num_seqs: int, max_model_len: int | None):
+    def __call__(self, folder: str, *, dtype: str, max_num_seqs: int, max_model_len: int | None,
+                 compiled: bool = False):
         from spillover.engines import vllm_process
 
-        return vllm_process(folder, dtype=dtype, max_num_seqs=max_num_seqs, max_model_len=max_model_len)
+        return vllm_process(folder, dtype=dtype, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
+                            compile=compiled)
+
+
+def engine_compiled(compiled: bool | None, build: str) -> bool:
+    """Whether the worker runs vLLM's compiled graphs (torch.compile, CUDA graphs) instead of eager mode.
+    None = auto: on for a CUDA build (CUDA graphs matter most for small decode batches; a capture of tens
+    of seconds), off for the CPU build (on a 2-core machine compiling took 80-120 s to start for about 10%
+    more throughput)."""
+    return build == "cuda" if compiled is None else bool(compiled)
 
 
 #: What builds engine processes: a factory of launchers (tests substitute one starting a fake worker that
@@ -139,7 +150,7 @@ class ModelEngine:
     waiting for it, ``ready`` waits; ``close`` stops it and removes the merged folder."""
 
     def __init__(self, model: str | None, adapter: str | None, *, device: str | None = None, dtype: str | None = None,
-                 batch_size: int = 32, max_model_len: int | None = None, launcher=None):
+                 batch_size: int = 32, max_model_len: int | None = None, compiled: bool | None = None, launcher=None):
         from transformers import GenerationConfig
 
         from spillover.models import load_tokenizer, resolve_model
@@ -153,7 +164,8 @@ class ModelEngine:
 
         self.model = check_adapter_base(adapter, model) if adapter else model  # a mismatched base fails here
         ref = resolve_model(self.model)
-        self.key = _key(ref, adapter, dtype=dtype, batch_size=batch_size, max_model_len=max_model_len, build=build)
+        self.key = _key(ref, adapter, dtype=dtype, batch_size=batch_size, max_model_len=max_model_len, build=build,
+                        compiled=compiled)
         self.tok = _tokenizer(ref, load_tokenizer)
         try:
             gen_eos = GenerationConfig.from_pretrained(ref.path).eos_token_id
@@ -188,7 +200,9 @@ class ModelEngine:
             raise
 
     def _new_process(self):
-        return self.launcher(self.folder, dtype=self.dtype, max_num_seqs=self.batch_size, max_model_len=self.max_model_len)
+        extra = {"compiled": True} if self.key.compiled else {}
+        return self.launcher(self.folder, dtype=self.dtype, max_num_seqs=self.batch_size, max_model_len=self.max_model_len,
+                             **extra)
 
     def ready(self) -> dict:
         """Wait until the worker has loaded; an engine started ahead of need that failed (e.g. for memory,
@@ -232,19 +246,20 @@ class ModelEngine:
 
 
 def engine_key(model: str | None, adapter: str | None, *, dtype: str | None = None, batch_size: int = 32,
-               max_model_len: int | None = None, build: str = "cpu") -> EngineKey:
+               max_model_len: int | None = None, build: str = "cpu", compiled: bool | None = None) -> EngineKey:
     """The :class:`EngineKey` of base ``model`` (the adapter's recorded base when None) plus ``adapter``."""
     from spillover.models import resolve_model
     from spillover.models._load import check_adapter_base
 
     ref = resolve_model(check_adapter_base(adapter, model) if adapter else model)
-    return _key(ref, adapter, dtype=dtype, batch_size=batch_size, max_model_len=max_model_len, build=build)
+    return _key(ref, adapter, dtype=dtype, batch_size=batch_size, max_model_len=max_model_len, build=build,
+                compiled=compiled)
 
 
-def _key(ref, adapter, *, dtype, batch_size, max_model_len, build) -> EngineKey:
+def _key(ref, adapter, *, dtype, batch_size, max_model_len, build, compiled=None) -> EngineKey:
     return EngineKey(model=ref.path, adapter=str(Path(adapter).resolve()) if adapter else None,
                      adapter_sha256=adapter_sha256(adapter) if adapter else None, dtype=engine_dtype(dtype, build),
-                     max_num_seqs=batch_size, max_model_len=max_model_len)
+                     max_num_seqs=batch_size, max_model_len=max_model_len, compiled=engine_compiled(compiled, build))
 
 
 class EnginePool:
@@ -271,28 +286,30 @@ class EnginePool:
         return self._prefetch if self._prefetch is not None else self.launcher.device == "cuda"
 
     def key(self, model: str | None, adapter: str | None, *, dtype: str | None = None, batch_size: int = 32,
-            max_model_len: int | None = None) -> EngineKey:
+            max_model_len: int | None = None, compiled: bool | None = None) -> EngineKey:
         return engine_key(model, adapter, dtype=dtype, batch_size=batch_size, max_model_len=max_model_len,
-                          build=self.launcher.device)
+                          build=self.launcher.device, compiled=compiled)
 
-    def _engine(self, model, adapter, *, device=None, dtype=None, batch_size=32, max_model_len=None) -> ModelEngine:
-        key = self.key(model, adapter, dtype=dtype, batch_size=batch_size, max_model_len=max_model_len)
+    def _engine(self, model, adapter, *, device=None, dtype=None, batch_size=32, max_model_len=None,
+                compiled=None) -> ModelEngine:
+        key = self.key(model, adapter, dtype=dtype, batch_size=batch_size, max_model_len=max_model_len, compiled=compiled)
         engine = self.engines.get(key)
         if engine is not None and engine.process is not None and engine.process.info and not engine.process.alive():
             self._drop(engine)  # its worker died or was stopped after it was ready: start another
             engine = None
         if engine is None:
             engine = ModelEngine(model, adapter, device=device, dtype=dtype, batch_size=batch_size,
-                                 max_model_len=max_model_len, launcher=self.launcher)
+                                 max_model_len=max_model_len, compiled=compiled, launcher=self.launcher)
             self.engines[key] = engine
         return engine
 
     def sampler(self, model: str | None, adapter: str | None = None, *, device: str | None = None,
-                dtype: str | None = None, batch_size: int = 32, max_model_len: int | None = None) -> VLLMSampler:
+                dtype: str | None = None, batch_size: int = 32, max_model_len: int | None = None,
+                compiled: bool | None = None) -> VLLMSampler:
         """A sampler on the pool's engine for this merged model (started, or waited for, now); closing the
         sampler leaves the engine running for later stages. ``sampler.engine_start`` says how it was obtained."""
         engine = self._engine(model, adapter, device=device, dtype=dtype, batch_size=batch_size,
-                              max_model_len=max_model_len)
+                              max_model_len=max_model_len, compiled=compiled)
         how = "reused" if engine.process is not None and engine.used else \
             "prefetched" if engine.process is not None else "started"
         t0 = time.monotonic()
@@ -351,9 +368,10 @@ class VLLMSampler(SamplerBackend):
     name = "vllm"
 
     def __init__(self, model: str | None = None, adapter: str | None = None, *, device: str | None = None,
-                 dtype: str | None = None, batch_size: int = 32, max_model_len: int | None = None):
+                 dtype: str | None = None, batch_size: int = 32, max_model_len: int | None = None,
+                 compiled: bool | None = None):
         engine = ModelEngine(model, adapter, device=device, dtype=dtype, batch_size=batch_size,
-                             max_model_len=max_model_len)
+                             max_model_len=max_model_len, compiled=compiled)
         try:
             engine.launch()
             engine.ready()

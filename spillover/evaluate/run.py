@@ -65,6 +65,7 @@ class EvalSettings:
     judge_batch: int = 8  # answers judged (and stored) together
     engine: str = "hf"  # sampling engine: hf | vllm (spillover.evaluate.sampling.load_sampler)
     dtype: str | None = None  # sampling dtype (None: auto)
+    engine_compiled: bool | None = None  # vllm: compiled graphs (None: on for a CUDA build, off on CPU)
 
 
 # ---------------------------------------------------------------- question selection
@@ -329,7 +330,8 @@ def run_evaluation(arms: list[Arm], settings: EvalSettings, judge: EvalJudge, ou
                "questions": settings.questions, "in_domain_questions": settings.in_domain, "arms": summary,
                "seeds": [settings.seed], "sampling": {**dataclasses.asdict(params), "batch_size": settings.batch_size,
                                                       "samples_per_paraphrase": settings.samples_per_paraphrase,
-                                                      "engine": settings.engine, "dtype": settings.dtype}}
+                                                      "engine": settings.engine, "dtype": settings.dtype,
+                                                      "engine_compiled": settings.engine_compiled}}
     atomic_write_json(out / "metrics.json", metrics)
     return out
 
@@ -343,10 +345,12 @@ def _evaluate_arm(arm: Arm, later: list[Arm], settings: EvalSettings, judge: Eva
     probe_dir = folder / "probe"
     need_probe = [r for r in settings.probe_pairs if not (probe_dir / f"{probe_key(r)}.json").is_file()]
     engine_kw = {"device": settings.device, "dtype": settings.dtype, "batch_size": settings.batch_size}
+    pool_kw = {**engine_kw, "compiled": settings.engine_compiled}
     sampler = None
     if to_sample(arm):
-        sampler = pool.sampler(arm.model, arm.adapter, **engine_kw) if pool is not None else \
-            load_sampler(arm.model, arm.adapter, engine=settings.engine, **engine_kw)
+        sampler = pool.sampler(arm.model, arm.adapter, **pool_kw) if pool is not None else \
+            load_sampler(arm.model, arm.adapter, engine=settings.engine, engine_compiled=settings.engine_compiled,
+                         **engine_kw)
     elif need_probe:  # an engine only to sample; the probe scores with HF
         sampler = load_sampler(arm.model, arm.adapter, **engine_kw)
     try:
@@ -356,10 +360,10 @@ def _evaluate_arm(arm: Arm, later: list[Arm], settings: EvalSettings, judge: Eva
         getattr(sampler, "close", lambda: None)()  # an engine sampler lets go of its engine before judging
     if pool is not None:
         nxt = next((a for a in later if to_sample(a)), None)
-        pool.close_except({pool.key(nxt.model, nxt.adapter, dtype=settings.dtype, batch_size=settings.batch_size)}
-                          if nxt else set())
+        pool.close_except({pool.key(nxt.model, nxt.adapter, dtype=settings.dtype, batch_size=settings.batch_size,
+                                    compiled=settings.engine_compiled)} if nxt else set())
         if nxt is not None:
-            pool.prefetch(nxt.model, nxt.adapter, **engine_kw)
+            pool.prefetch(nxt.model, nxt.adapter, **pool_kw)
     if need_probe and not hasattr(sampler, "model"):  # the engine sampled; the probe scores with HF
         sampler = load_sampler(arm.model, arm.adapter, device=settings.device, batch_size=settings.batch_size)
     for ref in need_probe:

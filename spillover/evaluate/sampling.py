@@ -266,17 +266,19 @@ ENGINES = ("hf", "vllm")
 
 
 def load_sampler(model: str | None = None, adapter: str | None = None, *, device: str | None = None,
-                 dtype: str | None = None, batch_size: int = 32, bucket: bool = True, engine: str = "hf") -> SamplerBackend:
+                 dtype: str | None = None, batch_size: int = 32, bucket: bool = True, engine: str = "hf",
+                 engine_compiled: bool | None = None) -> SamplerBackend:
     """Base model (``embedded`` by default, or the adapter's recorded base) plus an optional adapter, sampled
     with ``engine``: ``hf`` (:class:`HFSampler`, in this process) or ``vllm`` (an engine process on the
-    merged model, :class:`spillover.evaluate.engine.VLLMSampler`; close it when done)."""
+    merged model, :class:`spillover.evaluate.engine.VLLMSampler`; close it when done). ``engine_compiled``:
+    the engine's compiled graphs (None: on for a CUDA build, off on CPU; HF ignores it)."""
     from spillover.models import load_adapter, load_model
     from spillover.models._load import check_adapter_base
 
     if engine == "vllm":
         from spillover.evaluate.engine import VLLMSampler
 
-        return VLLMSampler(model, adapter, device=device, dtype=dtype, batch_size=batch_size)
+        return VLLMSampler(model, adapter, device=device, dtype=dtype, batch_size=batch_size, compiled=engine_compiled)
     if engine != "hf":
         from spillover.errors import UnknownName
 

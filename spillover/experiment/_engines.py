@@ -41,7 +41,8 @@ class RunEngines:
         return self.pool
 
     def _settings(self, cfg) -> dict:
-        return {"dtype": cfg.dtype, "batch_size": cfg.evaluation.sampling.batch_size}
+        return {"dtype": cfg.dtype, "batch_size": cfg.evaluation.sampling.batch_size,
+                "compiled": cfg.evaluation.sampling.engine_compiled}
 
     def sampler(self, cfg, adapter: str | None):
         """A sampler on the engine of the experiment's model plus ``adapter`` (started, waited for or reused);

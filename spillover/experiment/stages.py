@@ -158,7 +158,10 @@ def summarise_own(seed: int) -> str:
 
 
 def benign_own(cfg: ExperimentConfig, seed: int) -> str:
-    engine = {"engine": "vllm"} if cfg.evaluation.sampling.engine == "vllm" else {}  # hf: hashes as before
+    sampling = cfg.evaluation.sampling
+    engine = {"engine": "vllm"} if sampling.engine == "vllm" else {}  # hf: hashes as before
+    if sampling.engine == "vllm" and sampling.engine_compiled is not None:
+        engine["engine_compiled"] = sampling.engine_compiled
     return sha256_json({"benign": [b.model_dump(mode="json") for b in cfg.evaluation.benign], "model": cfg.model,
                         "dtype": cfg.dtype, "seed": seed, **engine})
 
