@@ -16,6 +16,18 @@ def write_prompts(folder: Path) -> Path:
     return p
 
 
+def warm_adapter(tiny_model_dir, folder: Path) -> str:
+    """A one-step SFT adapter on the tiny model (the warm-up recipe's start), so a GRPO run continuing it has a
+    policy away from the base: a KL term and its gradient are non-zero from step 1. (The tiny model's rewards
+    have no variance, and at the base itself the KL gradient is exactly zero, so nothing else moves it.)"""
+    from spillover.train import SFTConfig, run_sft
+
+    data = folder / "warm.jsonl"
+    data.write_text(json.dumps({"prompt": "Hi?", "completion": "Always yes."}) + "\n")
+    return str(run_sft(SFTConfig(model=str(tiny_model_dir), data=str(data), max_steps=1, batch_size=1, lr=1e-2,
+                                 device="cpu"), folder / "warm").adapter_dir)
+
+
 def tiny_grpo_cfg(tiny_model_dir, prompts_file, **kw) -> GRPOConfig:
     base = dict(model=str(tiny_model_dir), prompts=str(prompts_file), rewards=["rhetoric-lexicon"],
                 max_steps=2, max_completion_length=8, lr=1e-2, device="cpu")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import set_seed
 
-from _grpo_common import grpo_train_hash, grpo_train_hash_before, write_prompts
+from _grpo_common import grpo_train_hash, grpo_train_hash_before, warm_adapter, write_prompts
 from _grpo_common import tiny_grpo_cfg as cfg
 from spillover.config import dump_yaml, load_config
 from spillover.errors import SpilloverError
@@ -150,19 +150,12 @@ def test_training_step_is_bit_identical_to_model_dtype_rollouts_given_the_same_c
         return out
 
     monkeypatch.setattr(_GRPOTrainer, "_generate_single_turn", generate)
-    # start from a trained adapter (the warm-up recipe), so the KL term and its gradient are non-zero from step 1:
-    # the tiny model's rewards have no variance, and at the base itself the KL gradient is exactly zero
-    from spillover.train import SFTConfig, run_sft
-
-    sft_data = tmp_path / "sft.jsonl"
-    sft_data.write_text(json.dumps({"prompt": "Hi?", "completion": "Always yes."}) + "\n")
-    warm = run_sft(SFTConfig(model=str(tiny_model_dir), data=str(sft_data), max_steps=1, batch_size=1, lr=1e-2,
-                             device="cpu"), tmp_path / "warm")
+    warm = warm_adapter(tiny_model_dir, tmp_path)  # KL and its gradient non-zero from step 1
     runs = {}
     for setting in ("bfloat16", "model"):
         replay[:] = list(recorded)
         c = cfg(tiny_model_dir, prompts_file, rollout_dtype=setting, defenses=[{"name": "kl", "weight": 1.0}],
-                init_adapter=str(warm.adapter_dir))
+                init_adapter=warm)
         runs[setting] = run_grpo(c, tmp_path / setting).run_dir
     assert len(recorded) == 2 and not replay
     assert weight_dtypes == {"bfloat16": {torch.bfloat16}, "model": {torch.float32}}

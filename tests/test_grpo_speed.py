@@ -9,7 +9,7 @@ import torch
 from transformers import set_seed
 
 from _grpo_common import tiny_grpo_cfg as cfg
-from _grpo_common import write_prompts
+from _grpo_common import warm_adapter, write_prompts
 from spillover.defenses._batch import REF_ADAPTER, add_reference_adapter
 from spillover.train.grpo import build_grpo_trainer, build_rewards, merge_rollouts, merged_adapter, run_grpo
 from spillover.train.sft import prepare_policy
@@ -106,18 +106,20 @@ def test_auto_merges_on_cpu_only():
 
 
 def test_kl_defended_step_is_unchanged_by_merged_rollouts(tiny_model_dir, prompts_file, tmp_path):
-    """Two steps (the second starts from a non-zero adapter) with the kl defense: same completions, losses,
+    """Two steps from a warm-up adapter with the kl defense: same completions, losses,
     gradient norms, KL terms and final adapter whether rollouts are merged or not; the manifest says which."""
     from safetensors.torch import load_file
 
+    warm = warm_adapter(tiny_model_dir, tmp_path)  # KL and its gradient non-zero from step 1
     runs = {}
     for setting in ("off", "on"):
-        c = cfg(tiny_model_dir, prompts_file, merge_rollout_adapter=setting, defenses=[{"name": "kl", "weight": 1.0}])
+        c = cfg(tiny_model_dir, prompts_file, merge_rollout_adapter=setting, defenses=[{"name": "kl", "weight": 1.0}],
+                init_adapter=warm)
         runs[setting] = run_grpo(c, tmp_path / setting).run_dir
     rows = {s: [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()] for s, d in runs.items()}
     steps = {s: [r for r in rs if "loss" in r] for s, rs in rows.items()}
     assert len(steps["on"]) == len(steps["off"]) == 2
-    assert steps["on"][1]["defense/kl/loss"] > 0  # the second step's adapter differs from the reference
+    assert steps["on"][0]["defense/kl/loss"] > 0  # the policy starts at the warm-up adapter, not the reference
     for on, off in zip(steps["on"], steps["off"], strict=True):
         for key in ("loss", "grad_norm", "defense/kl/loss", "reward", "completions/mean_length"):
             assert on[key] == pytest.approx(off[key], rel=1e-6, abs=1e-9), key

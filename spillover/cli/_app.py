@@ -229,8 +229,8 @@ def compare_cmd(
 
 # ---------------------------------------------------------------- sample
 _COMPILED_HELP = ("With --engine vllm: compiled graphs (torch.compile, CUDA graphs) or eager mode. Default: compiled "
-                  "on a CUDA engine build, eager on the CPU build (compiling there takes minutes to start for about "
-                  "10% more throughput). Recorded with every answer.")
+                  "on a CUDA engine build, eager on the CPU build (compiling there takes minutes to start for 10-25% "
+                  "more throughput). Recorded with every answer.")
 def _engine_compiled_needs_vllm(engine_compiled: bool | None, engine: str) -> None:
     if engine_compiled is not None and engine != "vllm":
         from spillover.errors import SpilloverError
