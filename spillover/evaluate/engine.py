@@ -200,9 +200,8 @@ class ModelEngine:
             raise
 
     def _new_process(self):
-        extra = {"compiled": True} if self.key.compiled else {}
         return self.launcher(self.folder, dtype=self.dtype, max_num_seqs=self.batch_size, max_model_len=self.max_model_len,
-                             **extra)
+                             compiled=self.key.compiled)
 
     def ready(self) -> dict:
         """Wait until the worker has loaded; an engine started ahead of need that failed (e.g. for memory,
